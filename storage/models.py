@@ -1,0 +1,174 @@
+"""SQLAlchemy ORM rows of our `sentiment_*` tables (they never leave `storage/`)."""
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+VERSION_TABLE = "sentiment_alembic_version"
+TABLE_PREFIX = "sentiment_"
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+# Millions of prediction rows may pile up; SQLite only autoincrements a plain INTEGER key.
+BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"expected a timezone-aware datetime, found naive {value!r}")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class FloatList(TypeDecorator[list[float]]):
+    """A JSON array of floats; NaN and ±inf travel as strings because JSON has no such numbers."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> list[Any] | None:
+        if value is None:
+            return None
+        return [float(v) if math.isfinite(v) else repr(float(v)) for v in value]
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> list[float] | None:
+        if value is None:
+            return None
+        return [float(v) for v in value]
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class RunRow(Base):
+    __tablename__ = "sentiment_runs"
+    __table_args__ = (
+        UniqueConstraint("study", "trial", "stage"),
+        Index(None, "study", "trial"),
+        Index(None, "stage", "config_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(Text)
+    split: Mapped[str] = mapped_column(String(32))
+    data_source: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    config_hash: Mapped[str | None] = mapped_column(String(128))
+    study: Mapped[str | None] = mapped_column(String(512))
+    trial: Mapped[int | None] = mapped_column(Integer)
+    warnings: Mapped[list[str]] = mapped_column(JSON)
+    artifact: Mapped[str | None] = mapped_column(Text)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    scalars: Mapped[list[ScalarRow]] = relationship(
+        order_by="ScalarRow.name", passive_deletes=True, viewonly=True
+    )
+    class_metrics: Mapped[list[ClassMetricsRow]] = relationship(
+        order_by="ClassMetricsRow.class_name", passive_deletes=True, viewonly=True
+    )
+    confusion: Mapped[ConfusionRow | None] = relationship(passive_deletes=True, viewonly=True)
+    curves: Mapped[list[CurveRow]] = relationship(
+        order_by="CurveRow.kind", passive_deletes=True, viewonly=True
+    )
+
+
+def _run_fk() -> Any:
+    return ForeignKey("sentiment_runs.id", ondelete="CASCADE")
+
+
+class ScalarRow(Base):
+    __tablename__ = "sentiment_scalars"
+
+    run_id: Mapped[int] = mapped_column(_run_fk(), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)  # NULL means NaN (SQLite stores NaN so)
+
+
+class ClassMetricsRow(Base):
+    __tablename__ = "sentiment_class_metrics"
+
+    run_id: Mapped[int] = mapped_column(_run_fk(), primary_key=True)
+    class_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    precision: Mapped[float | None] = mapped_column(Float)
+    recall: Mapped[float | None] = mapped_column(Float)
+    f1: Mapped[float | None] = mapped_column(Float)
+    support: Mapped[int] = mapped_column(Integer)
+
+
+class ConfusionRow(Base):
+    __tablename__ = "sentiment_confusion"
+
+    run_id: Mapped[int] = mapped_column(_run_fk(), primary_key=True)
+    tn: Mapped[int] = mapped_column(Integer)
+    fp: Mapped[int] = mapped_column(Integer)
+    fn: Mapped[int] = mapped_column(Integer)
+    tp: Mapped[int] = mapped_column(Integer)
+
+
+class CurveRow(Base):
+    __tablename__ = "sentiment_curves"
+
+    run_id: Mapped[int] = mapped_column(_run_fk(), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), primary_key=True)
+    x: Mapped[list[float]] = mapped_column(FloatList)
+    y: Mapped[list[float]] = mapped_column(FloatList)
+    w: Mapped[list[float]] = mapped_column(FloatList)
+
+
+class PredictionRow(Base):
+    __tablename__ = "sentiment_predictions"
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(_run_fk(), index=True)
+    review_id: Mapped[str] = mapped_column(String(256))
+    label: Mapped[int] = mapped_column(Integer)
+    prob: Mapped[float | None] = mapped_column(Float)
+
+
+class ReviewRow(Base):
+    __tablename__ = "sentiment_reviews"
+    __table_args__ = (UniqueConstraint("data_source", "split", "review_id"),)
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    data_source: Mapped[str] = mapped_column(String(1024))
+    split: Mapped[str] = mapped_column(String(32))
+    review_id: Mapped[str] = mapped_column(String(256))
+    text: Mapped[str] = mapped_column(Text)

