@@ -72,15 +72,20 @@ class FloatList(TypeDecorator[list[float]]):
 
 
 class Base(DeclarativeBase):
+    """Our declarative base; constraint names follow NAMING so migrations can name them."""
+
     metadata = MetaData(naming_convention=NAMING)
 
 
 class RunRow(Base):
+    """One evaluated model; unique per (study, trial, stage) when study and trial are set."""
+
     __tablename__ = "sentiment_runs"
     __table_args__ = (
         UniqueConstraint("study", "trial", "stage"),
         Index(None, "study", "trial"),
         Index(None, "stage", "config_hash"),
+        {"sqlite_autoincrement": True},  # a replaced run gets a new id, never a reused one
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -98,16 +103,13 @@ class RunRow(Base):
     n: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
-    scalars: Mapped[list[ScalarRow]] = relationship(
-        order_by="ScalarRow.name", passive_deletes=True, viewonly=True
-    )
+    # Read-only: rows are written with bulk Core inserts and removed by ON DELETE CASCADE.
+    scalars: Mapped[list[ScalarRow]] = relationship(order_by="ScalarRow.name", viewonly=True)
     class_metrics: Mapped[list[ClassMetricsRow]] = relationship(
-        order_by="ClassMetricsRow.class_name", passive_deletes=True, viewonly=True
+        order_by="ClassMetricsRow.class_name", viewonly=True
     )
-    confusion: Mapped[ConfusionRow | None] = relationship(passive_deletes=True, viewonly=True)
-    curves: Mapped[list[CurveRow]] = relationship(
-        order_by="CurveRow.kind", passive_deletes=True, viewonly=True
-    )
+    confusion: Mapped[ConfusionRow | None] = relationship(viewonly=True)
+    curves: Mapped[list[CurveRow]] = relationship(order_by="CurveRow.kind", viewonly=True)
 
 
 def _run_fk() -> Any:
@@ -115,6 +117,8 @@ def _run_fk() -> Any:
 
 
 class ScalarRow(Base):
+    """One scalar metric of a run (accuracy, loss, roc_auc, …)."""
+
     __tablename__ = "sentiment_scalars"
 
     run_id: Mapped[int] = mapped_column(_run_fk(), primary_key=True)
@@ -123,6 +127,8 @@ class ScalarRow(Base):
 
 
 class ClassMetricsRow(Base):
+    """Precision, recall, F1 and support of one class in a run."""
+
     __tablename__ = "sentiment_class_metrics"
 
     run_id: Mapped[int] = mapped_column(_run_fk(), primary_key=True)
@@ -134,6 +140,8 @@ class ClassMetricsRow(Base):
 
 
 class ConfusionRow(Base):
+    """The 2x2 confusion matrix of a run."""
+
     __tablename__ = "sentiment_confusion"
 
     run_id: Mapped[int] = mapped_column(_run_fk(), primary_key=True)
@@ -144,6 +152,8 @@ class ConfusionRow(Base):
 
 
 class CurveRow(Base):
+    """One curve of a run (roc, pr, calibration): all points in one row."""
+
     __tablename__ = "sentiment_curves"
 
     run_id: Mapped[int] = mapped_column(_run_fk(), primary_key=True)
@@ -154,6 +164,8 @@ class CurveRow(Base):
 
 
 class PredictionRow(Base):
+    """One review's predicted positive-class probability in a run."""
+
     __tablename__ = "sentiment_predictions"
 
     id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
@@ -164,6 +176,8 @@ class PredictionRow(Base):
 
 
 class ReviewRow(Base):
+    """A review text, stored once per (data source, split, review id)."""
+
     __tablename__ = "sentiment_reviews"
     __table_args__ = (UniqueConstraint("data_source", "split", "review_id"),)
 

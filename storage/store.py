@@ -1,34 +1,32 @@
-"""The Store: SQLite/PostgreSQL engines, migrations on open, and run records in and out."""
+"""The Store: opens a database, migrates it, and moves run records in and out as dataclasses."""
 from __future__ import annotations
 
-import json
 import math
 import random
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import partial
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import pandas as pd
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, and_, create_engine, delete, event, exc, insert, select
+from sqlalchemy import Connection, delete, exc, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, selectinload
-from sqlalchemy.pool import StaticPool
 
+from storage.engine import (
+    is_transient,
+    make_engine,
+    normalize_url,
+    open_hint,
+    reason,
+    writer,
+)
 from storage.errors import StorageError
+from storage.migrations import upgrade
 from storage.models import (
-    VERSION_TABLE,
     ClassMetricsRow,
     ConfusionRow,
     CurveRow,
@@ -40,14 +38,8 @@ from storage.models import (
 from storage.records import STAGES, ClassMetrics, Curve, Evaluation, Predictions, Run, RunSpec
 
 T = TypeVar("T")
-ACCEPTED = "sqlite:///path/to.db or postgresql+psycopg://user@host/db"
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-SQLITE_BUSY_S = 30
-PG_CONNECT_TIMEOUT_S = 10
-PG_MIGRATION_LOCK = 0x53454E54  # any constant shared by every process migrating this database
 WRITE_ATTEMPTS = 6
 CHUNK = 5000
-RUN_KEY = "uq_sentiment_runs_study_trial_stage"
 
 RUNS = RunRow.__table__
 PREDICTIONS = PredictionRow.__table__
@@ -84,10 +76,10 @@ class Store:
         parsed = normalize_url(url)
         self.url = parsed.render_as_string(hide_password=False)
         self._shown = parsed.render_as_string(hide_password=True)
-        self._engine = _make_engine(parsed)
-        self._writer = self._engine.execution_options(sqlite_write=True)
+        self._engine = make_engine(parsed)
+        self._writer = writer(self._engine)
         try:
-            _migrate(self._engine, self._writer)
+            upgrade(self._engine, self._writer)
         except CommandError as e:
             self._engine.dispose()
             raise StorageError(
@@ -97,14 +89,13 @@ class Store:
         except exc.SQLAlchemyError as e:
             self._engine.dispose()
             raise StorageError(
-                f"Could not open the database {self._shown} ({_reason(e)}); check that the server "
-                f"is running, the file is a SQLite database, and the URL looks like {ACCEPTED}."
+                f"Could not open the database {self._shown} ({reason(e)}); {open_hint(parsed)}."
             ) from e
 
     def __repr__(self) -> str:
         return f"Store({self._shown!r})"
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -129,8 +120,13 @@ class Store:
             StorageError: the records are inconsistent or the database refused the write.
         """
         _check_spec(spec)
-        run_values = _run_values(spec, evaluation)
-        children = _child_rows(evaluation)
+        try:
+            run_values = _run_values(spec, evaluation)
+            children = _child_rows(evaluation)
+        except (TypeError, ValueError) as e:
+            raise StorageError(
+                f"Expected numbers in the evaluation of the {spec.stage} run, found {e}."
+            ) from e
         pred_rows = _prediction_rows(predictions) if predictions is not None else []
         texts = _review_texts(predictions) if predictions is not None else {}
 
@@ -191,12 +187,17 @@ class Store:
         Raises:
             StorageError: no run has this id, or the database cannot be read.
         """
-        with self._translated(f"read the predictions of run {run_id}"):
-            with self._engine.connect() as conn:
-                if conn.scalar(select(RUNS.c.id).where(RUNS.c.id == run_id)) is None:
-                    raise StorageError(f"There is no run with id {run_id} in {self._shown}.")
-                rows = conn.execute(_predictions_query(run_id)).all()
-        texts = pd.Series([row.text for row in rows], dtype=object)
+        action = f"read the predictions of run {run_id}"
+        with self._translated(action), self._engine.connect() as conn:
+            run = conn.execute(select(RUNS.c.data_source, RUNS.c.split).where(RUNS.c.id == run_id))
+            where = run.first()
+            if where is None:
+                raise StorageError(f"There is no run with id {run_id} in {self._shown}.")
+            rows = conn.execute(select(PREDICTIONS.c.review_id, PREDICTIONS.c.label,
+                                       PREDICTIONS.c.prob).where(PREDICTIONS.c.run_id == run_id)
+                                .order_by(PREDICTIONS.c.id)).all()
+            known = _review_texts_of(conn, *where, [row.review_id for row in rows])
+        texts = pd.Series([known.get(row.review_id) for row in rows], dtype=object)
         return pd.DataFrame({
             "review_id": [row.review_id for row in rows],
             "label": pd.Series([row.label for row in rows], dtype="int64"),
@@ -240,7 +241,7 @@ class Store:
                 with self._writer.begin() as conn:
                     return work(conn)
             except exc.DBAPIError as e:
-                if attempt == WRITE_ATTEMPTS or not _transient(e):
+                if attempt == WRITE_ATTEMPTS or not is_transient(e):
                     raise StorageError(self._failed(action, e)) from e
             except exc.SQLAlchemyError as e:
                 raise StorageError(self._failed(action, e)) from e
@@ -256,118 +257,11 @@ class Store:
             raise StorageError(self._failed(action, e)) from e
 
     def _failed(self, action: str, e: Exception) -> str:
-        return (
-            f"Could not {action} in {self._shown} ({_reason(e)}); check that the database is "
-            "reachable and was created by this tool, then try again."
-        )
-
-
-def normalize_url(url: str) -> URL:
-    """Parse a database URL, mapping plain postgresql:// to psycopg 3.
-
-    Raises:
-        StorageError: the URL is malformed or names an unsupported database.
-    """
-    try:
-        parsed = make_url(url)
-    except (exc.ArgumentError, ValueError, TypeError) as e:
-        shown = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(url))
-        raise StorageError(f"{shown!r} is not a valid database URL; use {ACCEPTED}.") from e
-    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
-        return parsed
-    if parsed.drivername in ("postgresql", "postgresql+psycopg"):
-        return parsed.set(drivername="postgresql+psycopg")
-    shown = parsed.render_as_string(hide_password=True)
-    raise StorageError(f"The database URL {shown!r} is not supported; use {ACCEPTED}.")
-
-
-def _make_engine(url: URL) -> Engine:
-    serializer = partial(json.dumps, default=_json_default)
-    if url.get_backend_name() == "postgresql":
-        connect_args = {} if "connect_timeout" in url.query else {
-            "connect_timeout": PG_CONNECT_TIMEOUT_S
-        }
-        return create_engine(
-            url, pool_pre_ping=True, connect_args=connect_args, json_serializer=serializer
-        )
-    memory = url.database in (None, "", ":memory:")
-    if not memory:
-        try:
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StorageError(
-                f"Could not create the folder for the SQLite file {url.database} ({e}); "
-                "choose a path you can write to."
-            ) from e
-    engine = create_engine(
-        url,
-        connect_args={"timeout": SQLITE_BUSY_S, "check_same_thread": False},
-        poolclass=StaticPool if memory else None,
-        json_serializer=serializer,
-    )
-    event.listen(engine, "connect", partial(_sqlite_on_connect, wal=not memory))
-    event.listen(engine, "begin", _sqlite_begin)
-    return engine
-
-
-def _sqlite_on_connect(dbapi_conn: Any, record: Any, *, wal: bool) -> None:
-    """Per connection: our own BEGINs, busy timeout, enforced foreign keys, WAL."""
-    dbapi_conn.isolation_level = None  # sqlite3 would not BEGIN before DDL or SELECT
-    cursor = dbapi_conn.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_S * 1000}")
-    cursor.execute("PRAGMA foreign_keys = ON")
-    if wal:
-        cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    """Writers take the write lock up front, so a read-then-write never hits a stale snapshot."""
-    immediate = conn.get_execution_options().get("sqlite_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def _migrate(engine: Engine, writer: Engine) -> None:
-    """Upgrade our tables to head under a lock; a concurrent creator is waited for, not raced."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("path_separator", "os")
-    head = ScriptDirectory.from_config(config).get_current_head()
-    for attempt in range(2):
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-            if context.get_current_revision() == head:
-                return
-        try:
-            with writer.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})")
-                config.attributes["connection"] = conn
-                command.upgrade(config, "head")
-            return
-        except exc.DBAPIError as e:
-            # Another process created the tables between our check and our lock: re-check.
-            if attempt or "already exists" not in str(e.orig).lower():
-                raise
-
-
-def _transient(e: exc.DBAPIError) -> bool:
-    """Lock waits, serialization failures, or a concurrent writer of the same trial."""
-    message = str(e.orig).lower()
-    if isinstance(e, exc.OperationalError) and ("locked" in message or "busy" in message):
-        return True
-    code = getattr(e.orig, "sqlstate", None)
-    return code in ("40001", "40P01") or (code == "23505" and RUN_KEY in message)
-
-
-def _reason(e: Exception) -> str:
-    cause = getattr(e, "orig", None) or e
-    return " ".join(str(cause).split()) or type(cause).__name__
-
-
-def _json_default(value: Any) -> Any:
-    """numpy scalars become Python numbers; anything else (paths…) its string."""
-    return value.item() if hasattr(value, "item") else str(value)
+        hint = "check that the database is reachable and was created by this tool, then retry"
+        bad_value = not isinstance(e, exc.DBAPIError)  # a value the column type cannot bind
+        if bad_value or isinstance(e, exc.IntegrityError | exc.DataError):
+            hint = "the values given do not fit the tables; fix them and save again"
+        return f"Could not {action} in {self._shown} ({reason(e)}); {hint}."
 
 
 def _check_spec(spec: RunSpec) -> None:
@@ -413,16 +307,21 @@ def _child_rows(evaluation: Evaluation) -> list[tuple[Any, list[dict[str, Any]]]
         ]),
         (ConfusionRow.__table__, [{"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}]),
         (CurveRow.__table__, [
-            {"kind": kind, "x": list(c.x), "y": list(c.y), "w": list(c.w)}
+            {"kind": kind, "x": _floats(c.x), "y": _floats(c.y), "w": _floats(c.w)}
             for kind, c in evaluation.curves.items()
         ]),
     ]
 
 
+def _floats(values: Sequence[Any]) -> list[float]:
+    return [float(v) for v in values]
+
+
 def _prediction_rows(predictions: Predictions) -> list[dict[str, Any]]:
     ids, labels, probs = predictions.review_ids, predictions.labels, predictions.probs
     texts = predictions.texts
-    if len(labels) != len(ids) or len(probs) != len(ids) or (texts is not None and len(texts) != len(ids)):
+    lengths = {len(ids), len(labels), len(probs), len(ids if texts is None else texts)}
+    if len(lengths) > 1:
         raise StorageError(
             f"Expected one label, probability (and text) per review, found {len(ids)} review "
             f"ids, {len(labels)} labels, {len(probs)} probabilities and "
@@ -468,19 +367,20 @@ def _insert_missing_reviews(conn: Connection, spec: RunSpec, texts: dict[str, An
         conn.execute(stmt, rows[start:start + CHUNK])
 
 
-def _predictions_query(run_id: int) -> Any:
-    joined = PREDICTIONS.join(RUNS, RUNS.c.id == PREDICTIONS.c.run_id).outerjoin(
-        REVIEWS,
-        and_(
-            REVIEWS.c.data_source == RUNS.c.data_source,
-            REVIEWS.c.split == RUNS.c.split,
-            REVIEWS.c.review_id == PREDICTIONS.c.review_id,
-        ),
-    )
-    columns = (PREDICTIONS.c.review_id, PREDICTIONS.c.label, PREDICTIONS.c.prob, REVIEWS.c.text)
-    return select(*columns).select_from(joined).where(
-        PREDICTIONS.c.run_id == run_id
-    ).order_by(PREDICTIONS.c.id)
+def _review_texts_of(
+    conn: Connection, data_source: str, split: str, review_ids: list[str]
+) -> dict[str, str]:
+    """Texts by review id, read with one range scan of the split's texts.
+
+    A join or IN lists would do, but PostgreSQL plans them as a scan of the whole split per
+    prediction or per chunk until statistics exist (minutes for 25,000 fresh rows); one scan of
+    the split cannot go wrong, and a run usually predicts most of the split it stored.
+    """
+    wanted = set(review_ids)
+    rows = conn.execute(select(REVIEWS.c.review_id, REVIEWS.c.text).where(
+        REVIEWS.c.data_source == data_source, REVIEWS.c.split == split
+    ))
+    return {review_id: text for review_id, text in rows if review_id in wanted}
 
 
 def _nan(value: float | None) -> float:

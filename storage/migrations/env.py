@@ -1,4 +1,4 @@
-"""Alembic environment for our tables only; Optuna's tables and `alembic_version` are left alone."""
+"""Alembic environment for our tables only; Optuna's tables and `alembic_version` stay alone."""
 from __future__ import annotations
 
 from typing import Any

@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_sentiment_runs"),
         sa.UniqueConstraint("study", "trial", "stage", name="uq_sentiment_runs_study_trial_stage"),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_sentiment_runs_study_trial", "sentiment_runs", ["study", "trial"])
     op.create_index(
@@ -101,7 +102,10 @@ def upgrade() -> None:
         sa.Column("text", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_sentiment_reviews"),
         sa.UniqueConstraint(
-            "data_source", "split", "review_id", name="uq_sentiment_reviews_data_source_split_review_id"
+            "data_source",
+            "split",
+            "review_id",
+            name="uq_sentiment_reviews_data_source_split_review_id",
         ),
     )
 

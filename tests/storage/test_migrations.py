@@ -1,0 +1,103 @@
+"""Programmatic Alembic migrations: schema matches the models and coexists with Optuna's."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+
+from storage.migrations import alembic_config
+from storage.models import TABLE_PREFIX, VERSION_TABLE, Base
+from storage.store import Store, open_store
+from tests.storage import samples
+
+
+def _ours(name: str | None, type_: str, parent_names: object) -> bool:
+    return type_ != "table" or bool(name and name.startswith(TABLE_PREFIX))
+
+
+def test_migrated_schema_matches_the_models(store: Store) -> None:
+    with store._engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE, "include_name": _ours}
+        )
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_our_version_table_holds_the_head_revision(store: Store) -> None:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with store._engine.connect() as conn:
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [
+            head
+        ]
+        tables = inspect(conn).get_table_names()
+    assert "alembic_version" not in tables
+    assert all(name.startswith(TABLE_PREFIX) for name in tables)
+
+
+@pytest.fixture(params=["sqlite-file", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database that a second engine (Optuna's) can open too: not an in-memory one."""
+    if request.param == "sqlite-file":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return request.getfixturevalue("pg_schema_url")
+
+
+MakeStorage = Callable[[], optuna.storages.RDBStorage]
+
+
+@pytest.fixture
+def optuna_storage(shared_url: str) -> Iterator[MakeStorage]:
+    """Opens Optuna storages on the shared URL, each disposed after the test."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    opened: list[optuna.storages.RDBStorage] = []
+
+    def make() -> optuna.storages.RDBStorage:
+        opened.append(optuna.storages.RDBStorage(shared_url))
+        return opened[-1]
+
+    yield make
+    for storage in opened:
+        storage.engine.dispose()
+
+
+def _optimize(storage: optuna.storages.RDBStorage, trials: int) -> optuna.Study:
+    study = optuna.create_study(storage=storage, study_name="s", load_if_exists=True)
+    study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=trials)
+    return study
+
+
+def _version_tables(store: Store) -> dict[str, list[str]]:
+    with store._engine.connect() as conn:
+        return {
+            table: conn.execute(text(f"SELECT version_num FROM {table}")).scalars().all()
+            for table in ("alembic_version", VERSION_TABLE)
+        }
+
+
+def test_store_opens_after_optuna_created_its_tables(
+    shared_url: str, optuna_storage: MakeStorage
+) -> None:
+    _optimize(optuna_storage(), trials=2)
+    with open_store(shared_url) as store:
+        store.save_run(samples.spec("trial", study="s", trial=0), samples.evaluation())
+        versions = _version_tables(store)
+    assert versions[VERSION_TABLE] == ["0001"]
+    assert len(versions["alembic_version"]) == 1 and versions["alembic_version"] != ["0001"]
+    assert len(_optimize(optuna_storage(), trials=1).trials) == 3
+
+
+def test_optuna_opens_after_the_store_created_its_tables(
+    shared_url: str, optuna_storage: MakeStorage
+) -> None:
+    with open_store(shared_url) as store:
+        store.save_run(samples.spec("baseline"), samples.evaluation())
+    assert len(_optimize(optuna_storage(), trials=2).trials) == 2
+    with open_store(shared_url) as reopened:
+        assert len(reopened.list_runs()) == 1
+        assert _version_tables(reopened)[VERSION_TABLE] == ["0001"]
