@@ -111,6 +111,9 @@ def load_imdb(source: str, *, progress: bool = False) -> Dataset:
     Raises:
         DataError: the source is missing, unreadable, unreachable or not IMDB-shaped.
     """
+    source = str(source)
+    if not source.strip():
+        raise DataError(f"no data source was given; {_HINT}")
     path = Path(source).expanduser()
     if path.exists():
         return _from_directory(path.resolve(), progress)
@@ -202,7 +205,7 @@ class _Table:
     lines: list[int] | None = None
 
     def where(self, row: int) -> str:
-        line = f" (line {self.lines[row]})" if self.lines else ""
+        line = f", line {self.lines[row]}" if self.lines else ""
         return f"row {row}{line}"
 
 
@@ -240,8 +243,15 @@ def _find_file(folder: Path, split: str) -> Path | None:
 def _read_file(file: Path) -> _Table:
     if file.suffix == ".parquet":
         return _read_parquet(file)
-    text = _decode(file.read_bytes(), file.name)
+    text = _decode(_read_bytes(file), file.name)
     return _read_csv(file.name, text) if file.suffix == ".csv" else _read_jsonl(file.name, text)
+
+
+def _read_bytes(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as e:
+        raise DataError(f"could not read {file}: {e.strerror or e}; check the file") from None
 
 
 def _decode(data: bytes, name: str) -> str:
@@ -342,7 +352,7 @@ def _csv_rows(reader: Any, name: str, width: int, lines: list[int]) -> Any:
 
 def _read_jsonl(name: str, text: str) -> _Table:
     records, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 is text
         if not line.strip():
             continue
         try:
@@ -379,10 +389,15 @@ def _to_split(table: _Table, split: str) -> Split:
     if len(texts) == 0:
         raise DataError(f"{name} has no rows; the {split} split needs reviews")
     for row, text in enumerate(texts):
-        if not isinstance(text, str):
-            what = "no text (null or empty)" if text is None else f"a {type(text).__name__}"
+        if text is None:
             raise DataError(
-                f"{name}: {table.where(row)} has {what} as its text; expected a review"
+                f"{name}: {table.where(row)} has no text (null or empty); fill in the review or "
+                f"drop the row"
+            )
+        if not isinstance(text, str):
+            raise DataError(
+                f"{name}: {table.where(row)} holds a {type(text).__name__} as its text, "
+                f"expected the review as a string"
             )
     ids = table.columns.get("review_id")
     ids = [f"{split}/{i}" for i in range(len(texts))] if ids is None else _ids(table, ids)
@@ -453,7 +468,7 @@ def _read_acl(root: Path, split: str, progress: bool) -> Split:
             files = tqdm(files, desc=f"reading {split}/{folder}", unit="file")
         for number, file in files:
             try:
-                texts.append(file.read_bytes().decode("utf-8"))
+                texts.append(_read_bytes(file).decode("utf-8"))
             except UnicodeDecodeError as e:
                 raise DataError(
                     f"{file} is not valid UTF-8 (byte offset {e.start}); save it as UTF-8"
@@ -479,7 +494,8 @@ def _from_hub(source: str, progress: bool) -> Dataset:
     dataset = _hub_load(source, progress)
     if not all(s in dataset for s in SPLITS):
         raise DataError(
-            f"the hub dataset {source} has the splits {sorted(dataset)}, expected train and test"
+            f"the hub dataset {source} has the splits {sorted(dataset)}, expected train and test; "
+            f"{_HINT}"
         )
     splits = []
     for split in SPLITS:
@@ -495,9 +511,9 @@ def _from_hub(source: str, progress: bool) -> Dataset:
 def _hub_load(source: str, progress: bool) -> Any:
     """datasets.load_dataset, with hub failures turned into one paragraph."""
     import datasets
-    import httpx
     from datasets.exceptions import DatasetNotFoundError
     from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import httpx  # the httpx2 package under its usual name
 
     shown = datasets.is_progress_bar_enabled()
     if not progress:
@@ -514,7 +530,7 @@ def _hub_load(source: str, progress: bool) -> Any:
             f"the Hugging Face hub could not be reached for {source} (offline, no network or "
             f"HF_HUB_OFFLINE=1) and no local copy is cached; {_HINT}"
         ) from None
-    except datasets.exceptions.DatasetsError as e:
+    except (datasets.exceptions.DatasetsError, ValueError) as e:
         raise DataError(f"could not load {source} from the hub ({e}); {_HINT}") from None
     finally:
         if shown:

@@ -1,0 +1,71 @@
+"""Config precedence (CLI > environment > file > default), validation and device sizing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.config import Config, build_config
+from trainer.errors import ConfigError
+
+
+def test_cli_beats_environment_beats_file_beats_default(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('study = "from-file"\ntrials = 7\nseed = 3\n[search_space]\n'
+                    'learning_rate = {low = 1e-5, high = 1e-4, log = true}\n')
+    env = {"SENTIMENT_STUDY": "from-env", "SENTIMENT_TRIALS": "9"}
+    config = build_config({"config": str(path), "trials": 2}, env)
+    assert config.trials == 2  # CLI
+    assert config.study == "from-env"  # environment over file
+    assert config.seed == 3  # file over default
+    assert config.db == Config().db  # default
+    assert config.search_space["learning_rate"]["high"] == 1e-4
+
+
+def test_json_config_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"max_length": 128}))
+    assert build_config({"config": str(path)}, {}).max_length == 128
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "words"),
+    [
+        ({"trials": -1}, {}, "trials must be a whole number"),
+        ({"train_size": 0}, {}, "train_size"),
+        ({}, {"SENTIMENT_TRIALS": "many"}, "SENTIMENT_TRIALS must be a whole number"),
+        ({"study": "   "}, {}, "study name is empty"),
+        ({"study": "x" * 600}, {}, "600 characters"),
+    ],
+)
+def test_bad_values_raise_config_error_naming_them(cli, env, words) -> None:
+    with pytest.raises(ConfigError, match=words):
+        build_config(cli, env)
+
+
+def test_config_file_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        build_config({"config": str(tmp_path / "missing.toml")}, {})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("trials = [")
+    with pytest.raises(ConfigError, match="not valid"):
+        build_config({"config": str(bad)}, {})
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("colour = 'blue'")
+    with pytest.raises(ConfigError, match="unknown keys \\['colour'\\]"):
+        build_config({"config": str(unknown)}, {})
+
+
+def test_sizes_follow_the_device_but_never_override_the_user() -> None:
+    cpu = Config(train_size=64).sized_for("cpu")
+    assert cpu.train_size == 64 and cpu.eval_size is not None and cpu.test_size is not None
+    gpu = Config().sized_for("cuda:0")
+    assert gpu.train_size is None and gpu.test_size is None  # the whole splits
+    assert gpu.max_length == 512
+
+
+def test_fingerprint_changes_only_with_the_named_fields() -> None:
+    a = Config(seed=1).fingerprint("data", "seed")
+    assert a == Config(seed=1, trials=5).fingerprint("data", "seed")
+    assert a != Config(seed=2).fingerprint("data", "seed")
