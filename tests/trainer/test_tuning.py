@@ -1,0 +1,443 @@
+"""Stage 3: the Optuna study stores every trial's validation run, resumes, prunes and survives."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from storage.store import open_store
+from trainer import transformer, tuning, workers
+from trainer.config import Config
+from trainer.data import Split
+from trainer.errors import ConfigError, TrainerError
+
+POSITIVE = ["great", "wonderful", "superb", "loved", "brilliant", "moving"]
+NEGATIVE = ["awful", "boring", "terrible", "hated", "dull", "weak"]
+FAST_SPACE = {"num_train_epochs": {"low": 1, "high": 2},
+              "per_device_train_batch_size": {"choices": [16]}}
+
+
+def reviews(n: int, name: str, offset: int = 0) -> Split:
+    """`n` short synthetic reviews, alternating negative/positive."""
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        words = POSITIVE if label else NEGATIVE
+        first, second = words[i % 6], words[(i + 1) % 6]
+        texts.append(f"review {i + offset}: the film was {first}, the cast {second}")
+        labels.append(label)
+    return Split(texts, np.array(labels), [f"{name}/{i + offset}" for i in range(n)], name)
+
+
+TRAIN, VALIDATION = reviews(32, "train"), reviews(16, "validation", offset=100)
+
+
+@pytest.fixture(params=["sqlite-file", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The two engines a study runs on: a SQLite file, and PostgreSQL in a fresh schema."""
+    if request.param == "sqlite-file":
+        return f"sqlite:///{tmp_path / 'runs.db'}"
+    return request.getfixturevalue("pg_schema_url")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'runs.db'}"
+
+
+@pytest.fixture
+def store_for() -> Iterator[Callable[[str], Any]]:
+    opened = []
+
+    def open_(db: str) -> Any:
+        opened.append(open_store(db))
+        return opened[-1]
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+def make_config(db: str, tmp_path: Path, model: str = "unused", **overrides: Any) -> Config:
+    values = {"db": db, "model": model, "study": "movies", "max_length": 32, "seed": 0,
+              "artifacts": str(tmp_path / "artifacts"), "search_space": FAST_SPACE}
+    return Config(**{**values, **overrides})
+
+
+class FakeClassifier:
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+
+def fake_fine_tune(model: str, train_texts: Any, train_labels: Any, val_texts: Any,
+                   val_labels: Any, params: dict[str, Any], *, max_length: int, output_dir: Any,
+                   seed: int, on_epoch: Any = None, **_: Any) -> FakeClassifier:
+    """Instant "training": a share of validation reviews right that grows with lr and epochs."""
+    labels = np.asarray(val_labels)
+    epochs = params["num_train_epochs"]
+    skill = min(0.5, params["learning_rate"] * 5000)
+    for epoch in range(1, epochs + 1):
+        right = round(len(labels) * (0.5 + skill * epoch / epochs))
+        hit = np.arange(len(labels)) < right
+        probs = np.where(hit == (labels == 1), 0.8, 0.2)
+        on_epoch(epoch, probs)
+    return FakeClassifier(params)
+
+
+def fake_save_classifier(clf: FakeClassifier, directory: Any) -> Path:
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.json").write_text(json.dumps(clf.params))
+    (target / "model.safetensors").write_bytes(b"fake")
+    return target
+
+
+@pytest.fixture
+def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Instant training and saving; no pruning, so each test decides the trials' states.
+
+    Returns:
+        One entry per call of free_memory (a full gc.collect takes a second with torch loaded).
+    """
+    freed: list[int] = []
+    monkeypatch.setattr(transformer, "fine_tune", fake_fine_tune)
+    monkeypatch.setattr(transformer, "save_classifier", fake_save_classifier)
+    monkeypatch.setattr(transformer, "free_memory", lambda: freed.append(1))
+    monkeypatch.setattr(tuning, "make_pruner", optuna.pruners.NopPruner)
+    return freed
+
+
+def trial_dirs(config: Config) -> set[str]:
+    root = Path(config.artifacts) / tuning.study_dir_name(config.study)
+    return {p.name for p in root.iterdir()} if root.exists() else set()
+
+
+def states(study: optuna.Study) -> list[TrialState]:
+    return [t.state for t in study.get_trials(deepcopy=False)]
+
+
+def test_three_trial_study_stores_validation_runs_with_predictions(
+    url: str, tmp_path: Path, tiny_model_dir: str, store_for: Callable[[str], Any]
+) -> None:
+    config = make_config(url, tmp_path, model=tiny_model_dir)
+    store = store_for(url)
+    study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=3, progress=False)
+
+    trials = study.get_trials(deepcopy=False)
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    runs = store.trial_runs(config.study)
+    assert sorted(runs) == [0, 1, 2]
+    for t in trials:
+        run = runs[t.number]
+        spec = run.spec
+        assert (spec.stage, spec.split, spec.study) == ("trial", "validation", "movies")
+        assert run.evaluation.n == len(VALIDATION)
+        assert {"accuracy", "loss", "roc_auc"} <= set(run.evaluation.scalars)
+        assert run.spec.config["params"] == t.params
+        assert run.spec.config["epoch"] == max(t.intermediate_values)
+        last_epoch = run.spec.config["epoch"]
+        assert run.evaluation.scalars["accuracy"] == t.intermediate_values[last_epoch]
+        epochs = t.user_attrs[tuning.EPOCH_METRICS]
+        assert [e["epoch"] for e in epochs] == sorted(t.intermediate_values)
+        assert all("loss" in e and "roc_auc" in e for e in epochs)
+        predictions = store.predictions(run.id)
+        assert list(predictions["review_id"]) == list(VALIDATION.ids)
+        assert list(predictions["text"]) == list(VALIDATION.texts)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert complete, "the first trials are never pruned"
+    best = study.best_trial
+    artifact = tuning.best_trial_artifact(store, config.study)
+    assert artifact == runs[best.number].spec.artifact
+    assert any(p.suffix == ".safetensors" for p in Path(artifact).iterdir())
+    assert len(trial_dirs(config)) == min(len(complete), tuning.KEEP_ARTIFACTS)
+
+
+def test_resuming_adds_trials_with_contiguous_numbers_and_no_duplicates(
+    url: str, tmp_path: Path, fake_training: list[int], store_for: Callable[[str], Any]
+) -> None:
+    config = make_config(url, tmp_path)
+    store = store_for(url)
+    for _ in range(3):
+        study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=2, progress=False)
+
+    numbers = [t.number for t in study.get_trials(deepcopy=False)]
+    assert numbers == list(range(6))
+    rows = store.list_runs(stage="trial", study=config.study)
+    assert sorted(r.spec.trial for r in rows) == numbers
+    lrs = [t.params["learning_rate"] for t in study.get_trials(deepcopy=False)]
+    assert len(set(lrs)) == len(lrs), "a resumed study must not redraw the first parameters"
+    assert len(fake_training) == 6  # memory freed after every trial
+
+
+def test_ctrl_c_leaves_no_running_trial_and_resume_goes_on(
+    sqlite_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
+    store_for: Callable[[str], Any]
+) -> None:
+    config = make_config(sqlite_url, tmp_path, search_space={
+        **FAST_SPACE, "num_train_epochs": {"low": 2, "high": 2}})
+    store = store_for(sqlite_url)
+    calls = {"n": 0}
+
+    def interrupted_in_second_epoch(*args: Any, on_epoch: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+
+        def epoch_then_stop(epoch: int, probs: np.ndarray) -> None:
+            on_epoch(epoch, probs)
+            if calls["n"] % 2 == 0 and epoch == 1:
+                raise KeyboardInterrupt
+
+        return fake_fine_tune(*args, on_epoch=epoch_then_stop, **kwargs)
+
+    monkeypatch.setattr(transformer, "fine_tune", interrupted_in_second_epoch)
+    for _ in range(5):  # each session: one trial finishes, the next is interrupted
+        with pytest.raises(KeyboardInterrupt):
+            tuning.tune(config, TRAIN, VALIDATION, store, n_trials=3, progress=False)
+
+    study = tuning.open_study(config, create=False)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.number for t in trials] == list(range(10))
+    assert states(study) == [TrialState.COMPLETE, TrialState.FAIL] * 5
+    assert all("interrupted" in t.user_attrs[tuning.FAIL_REASON] for t in trials[1::2])
+    rows = store.list_runs(stage="trial", study=config.study)
+    assert sorted(r.spec.trial for r in rows) == list(range(10))  # one row each, none twice
+    assert all(r.spec.config["epoch"] == 1 for r in rows if r.spec.trial % 2)
+
+
+def test_search_space_overrides_are_respected(
+    sqlite_url: str, tmp_path: Path, fake_training: None, store_for: Callable[[str], Any]
+) -> None:
+    space = {"learning_rate": {"low": 2e-5, "high": 3e-5, "log": True},
+             "num_train_epochs": {"low": 2, "high": 2},
+             "per_device_train_batch_size": {"choices": [4, 12]},
+             "weight_decay": {"choices": [0.03]}}
+    config = make_config(sqlite_url, tmp_path, search_space=space)
+    study = tuning.tune(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=4,
+                        progress=False)
+
+    for t in study.get_trials(deepcopy=False):
+        assert 2e-5 <= t.params["learning_rate"] <= 3e-5
+        assert t.params["num_train_epochs"] == 2
+        assert t.params["per_device_train_batch_size"] in (4, 12)
+        assert t.params["weight_decay"] == 0.03
+        assert 0.0 <= t.params["warmup_ratio"] <= 0.2  # the default range stays
+
+
+@pytest.mark.parametrize(("space", "words"), [
+    ({"dropout": {"low": 0, "high": 1}}, "unknown hyperparameters ['dropout']"),
+    ({"learning_rate": {"low": 1e-3, "high": 1e-5}}, "above high"),
+    ({"learning_rate": {"low": 0, "high": 1e-5}}, "must be >"),
+    ({"warmup_ratio": {"low": 0.0, "high": 0.1, "log": True}}, "low above 0"),
+    ({"num_train_epochs": {"low": 1.5, "high": 3}}, "whole number"),
+    ({"per_device_train_batch_size": {"choices": []}}, "no choices"),
+    ({"per_device_train_batch_size": {"choices": [True]}}, "whole number"),
+    ({"weight_decay": 0.1}, "must be a table"),
+    ({"weight_decay": {"low": 0, "hi": 1}}, "must be like"),
+])
+def test_malformed_search_space_is_refused(space: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        tuning.resolve_space(space)
+
+
+def test_a_malformed_search_space_stops_tune_before_any_trial(
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
+) -> None:
+    config = make_config(sqlite_url, tmp_path, search_space={"dropout": {"low": 0, "high": 1}})
+    with pytest.raises(ConfigError, match="unknown hyperparameters"):
+        tuning.tune(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=1,
+                    progress=False)
+    assert optuna.get_all_study_names(sqlite_url) == []
+
+
+def test_diverged_or_out_of_memory_trial_fails_with_reason_and_study_goes_on(
+    url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
+    store_for: Callable[[str], Any]
+) -> None:
+    failures = {1: transformer.TrainingDiverged("the training loss became nan at step 3"),
+                2: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                3: MemoryError()}
+    calls = {"n": 0}
+
+    def sometimes_failing(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] - 1 in failures:
+            raise failures[calls["n"] - 1]
+        return fake_fine_tune(*args, **kwargs)
+
+    monkeypatch.setattr(transformer, "fine_tune", sometimes_failing)
+    config = make_config(url, tmp_path)
+    store = store_for(url)
+    study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=5, progress=False)
+
+    trials = study.get_trials(deepcopy=False)
+    assert states(study)[1:4] == [TrialState.FAIL] * 3
+    assert TrialState.FAIL not in (states(study)[0], states(study)[4])
+    reasons = [trials[n].user_attrs[tuning.FAIL_REASON] for n in (1, 2, 3)]
+    assert reasons[0].startswith("training diverged: the training loss became nan")
+    assert reasons[1].startswith("out of memory: CUDA out of memory")
+    assert reasons[2].startswith("out of memory")
+    assert sorted(store.trial_runs(config.study)) == [0, 4]
+
+
+def test_an_unexpected_error_stops_the_study_and_is_not_hidden(
+    sqlite_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
+    store_for: Callable[[str], Any]
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(transformer, "fine_tune", broken)
+    config = make_config(sqlite_url, tmp_path)
+    with pytest.raises(ValueError, match="a bug"):
+        tuning.tune(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=3, progress=False)
+    assert states(tuning.open_study(config, create=False)) == [TrialState.FAIL]
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return True
+
+
+def test_pruned_trials_keep_their_rows(
+    sqlite_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
+    store_for: Callable[[str], Any]
+) -> None:
+    monkeypatch.setattr(tuning, "make_pruner", AlwaysPrune)
+    config = make_config(sqlite_url, tmp_path, search_space={
+        **FAST_SPACE, "num_train_epochs": {"low": 3, "high": 3}})
+    store = store_for(sqlite_url)
+    study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=3, progress=False)
+
+    assert states(study) == [TrialState.PRUNED] * 3
+    assert all(list(t.intermediate_values) == [1] for t in study.get_trials(deepcopy=False))
+    runs = store.trial_runs(config.study)
+    assert sorted(runs) == [0, 1, 2]
+    assert all(r.spec.config["epoch"] == 1 and r.spec.artifact is None for r in runs.values())
+    assert trial_dirs(config) == set()
+    assert tuning.best_trial_artifact(store, config.study) is None
+
+
+def test_the_last_epoch_is_never_pruned(
+    sqlite_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
+    store_for: Callable[[str], Any]
+) -> None:
+    monkeypatch.setattr(tuning, "make_pruner", AlwaysPrune)
+    config = make_config(sqlite_url, tmp_path, search_space={
+        **FAST_SPACE, "num_train_epochs": {"low": 1, "high": 1}})
+    study = tuning.tune(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=2,
+                        progress=False)
+    assert states(study) == [TrialState.COMPLETE] * 2
+
+
+def test_only_the_best_two_trials_keep_their_model(
+    sqlite_url: str, tmp_path: Path, fake_training: None, store_for: Callable[[str], Any]
+) -> None:
+    config = make_config(sqlite_url, tmp_path, search_space={
+        **FAST_SPACE, "learning_rate": {"low": 1e-6, "high": 1e-4, "log": True}})
+    store = store_for(sqlite_url)
+    study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=6, progress=False)
+
+    ranked = sorted(study.get_trials(deepcopy=False), key=lambda t: (-t.value, t.number))
+    assert trial_dirs(config) == {f"trial-{t.number}" for t in ranked[:2]}
+    best = tuning.best_trial_artifact(store, config.study)
+    assert best is not None and Path(best).name == f"trial-{study.best_trial.number}"
+
+
+HOSTILE_NAMES = ["'; DROP TABLE trials;--", "../x", "..", "a/b\\c:d", "名前 🎬 \u202eevil"]
+
+
+def test_hostile_study_names_are_plain_names(
+    url: str, tmp_path: Path, fake_training: list[int], store_for: Callable[[str], Any]
+) -> None:
+    store = store_for(url)
+    for name in HOSTILE_NAMES:
+        tuning.tune(make_config(url, tmp_path, study=name), TRAIN, VALIDATION, store,
+                    n_trials=1, progress=False)
+
+    assert sorted(optuna.get_all_study_names(url)) == sorted(HOSTILE_NAMES)
+    for name in HOSTILE_NAMES:
+        assert sorted(store.trial_runs(name)) == [0]
+        assert Path(tuning.best_trial_artifact(store, name)).name == "trial-0"
+    root = (tmp_path / "artifacts").resolve()
+    folders = list(root.iterdir())
+    assert len(folders) == len(HOSTILE_NAMES) and all(p.parent == root for p in folders)
+    assert [p.name for p in root.rglob("trial-*")] == ["trial-0"] * len(HOSTILE_NAMES)
+
+
+def test_a_600_character_study_name_is_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="600 characters; use at most 200"):
+        make_config(f"sqlite:///{tmp_path / 'runs.db'}", tmp_path, study="s" * 600)
+
+
+def test_study_dir_names_stay_inside_and_differ_per_name() -> None:
+    names = ["../x", "..", ".", "", "/", "x", "X", "a b", "a-b", "s" * 200]
+    dirs = [tuning.study_dir_name(n) for n in names]
+    assert len(set(dirs)) == len(dirs)
+    for d in dirs:
+        assert d not in (".", "..") and "/" not in d and "\\" not in d and len(d) <= 60
+        assert d[0].isalnum()
+
+
+def test_a_worker_needs_an_existing_study(
+    sqlite_url: str, tmp_path: Path, fake_training: None, store_for: Callable[[str], Any]
+) -> None:
+    config = make_config(sqlite_url, tmp_path, study="nobody-made-me")
+    with pytest.raises(TrainerError, match="no study 'nobody-made-me'.*python -m trainer tune"):
+        tuning.work(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=1)
+
+    tuning.open_study(config, create=True)
+    study = tuning.work(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=2)
+    assert states(study) == [TrialState.COMPLETE] * 2
+
+
+def test_an_in_memory_database_cannot_hold_a_study(tmp_path: Path) -> None:
+    config = make_config("sqlite://", tmp_path)
+    with pytest.raises(ConfigError, match="in memory"):
+        tuning.open_study(config, create=True)
+
+
+def test_storage_heartbeat_and_retry_of_stale_trials_are_configured(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "runs.db"
+    storage = tuning.optuna_storage(f"sqlite:///{path}", heartbeat=7)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert storage.heartbeat_interval == 7
+    assert storage.grace_period >= 14
+    assert storage.heartbeat_stale_trial_callback._max_retry == 1
+    off = tuning.optuna_storage(f"sqlite:///{path}", heartbeat=0)
+    assert off.heartbeat_interval is None and off.heartbeat_stale_trial_callback is None
+
+
+def test_a_locked_sqlite_database_is_waited_out_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "locked.db"
+    monkeypatch.setattr(workers, "SQLITE_BUSY_S", 0.05)  # give up waiting almost at once
+    study = optuna.create_study(storage=tuning.optuna_storage(f"sqlite:///{path}", 0),
+                                study_name="s")
+    other = sqlite3.connect(path, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock for a while
+    release = threading.Timer(0.5, other.rollback)
+    release.start()
+    try:
+        study.set_user_attr("written", "despite the lock")
+    finally:
+        release.join()
+        other.close()
+    assert study.user_attrs["written"] == "despite the lock"
+
+
+def test_only_transient_database_errors_are_retried() -> None:
+    locked = RuntimeError("commit failed")
+    locked.__cause__ = sqlite3.OperationalError("database is locked")
+    assert workers.is_transient(locked)
+    assert workers.is_transient(RuntimeError("ERROR: deadlock detected"))
+    assert not workers.is_transient(ValueError("value too long for type character varying"))

@@ -1,0 +1,233 @@
+"""One study, many processes: Optuna storage with lock retries and heartbeat, model folders."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import random
+import re
+import shutil
+import sqlite3
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from storage.errors import StorageError
+from storage.store import normalize_url
+from trainer.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SQLITE_BUSY_S = 30  # how long one SQLite statement waits for another writer's lock
+PG_CONNECT_TIMEOUT_S = 10
+ATTEMPTS = 8  # tries of one storage call that hit a transient lock or serialization failure
+STALE_RETRIES = 1  # a trial whose worker died is run once more with the same parameters
+# A lock wait or a busy CPU can delay a heartbeat by seconds, and SQLite keeps whole seconds:
+# below GRACE_SLACK_S a tight interval would fail trials whose worker is alive.
+GRACE_SLACK_S = 5
+_TRIAL_DIR = re.compile(r"^trial-(\d+)$")
+_TRANSIENT = (
+    "database is locked",
+    "database table is locked",
+    "deadlock detected",
+    "could not serialize access",
+)
+# Every storage call a worker makes, reads too: a reader can meet a lock while SQLite
+# checkpoints or recovers its write-ahead log.
+_RETRIED = (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "get_best_trial",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """Whether an error (or one it was raised from) is a lock wait or serialization failure."""
+    seen = 0
+    while error is not None and seen < 10:
+        if any(text in str(error).lower() for text in _TRANSIENT):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _retrying(method: F) -> F:
+    """Retry `method` with jittered exponential backoff while it fails transiently.
+
+    A failed call was rolled back as a whole, so running it again cannot apply it twice.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
+        delay = 0.05
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                if attempt == ATTEMPTS or not is_transient(e):
+                    raise
+                log.debug("%s: transient database error (%s), retrying", method.__name__, e)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    return wrapper  # type: ignore[return-value]
+
+
+class PatientRDBStorage(RDBStorage):
+    """RDBStorage whose calls are retried when the database reports a transient lock.
+
+    Optuna already retries the creation of a trial; here every other call is retried too,
+    the heartbeat above all: a heartbeat lost to a lock would fail a live worker's trial.
+    """
+
+
+for _name in _RETRIED:
+    setattr(PatientRDBStorage, _name, _retrying(getattr(RDBStorage, _name)))
+
+
+def grace_period(heartbeat: int) -> int:
+    """Seconds without a heartbeat after which a running trial counts as dead (about 2x)."""
+    return max(2 * heartbeat, heartbeat + GRACE_SLACK_S)
+
+
+def optuna_storage(url: str, heartbeat: int) -> RDBStorage:
+    """Optuna's storage in the same database as our Store, ready for many workers.
+
+    SQLite runs in WAL mode with a busy timeout, and every call retries a transient
+    "database is locked". With a heartbeat, a running trial whose worker
+    stops beating for `grace_period(heartbeat)` seconds is marked FAIL by the next worker that
+    asks for a trial, and queued once more with the same parameters under a new number.
+
+    Args:
+        url: sqlite:///path/to.db or postgresql[+psycopg]://user@host/db.
+        heartbeat: seconds between heartbeats of a running trial; 0 turns the heartbeat off.
+
+    Returns:
+        The storage.
+
+    Raises:
+        ConfigError: the URL is an in-memory SQLite database, which cannot hold a study.
+        StorageError: the URL is malformed or the database cannot be opened.
+    """
+    parsed = normalize_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite and parsed.database in (None, "", ":memory:"):
+        raise ConfigError(
+            f"the database {shown} is in memory and would forget the study when the process "
+            "ends; pass a file such as --db sqlite:///runs/sentiment.db"
+        )
+    if sqlite:
+        _prepare_sqlite(Path(parsed.database))
+    connect_args = {"timeout": SQLITE_BUSY_S} if sqlite else {
+        "connect_timeout": PG_CONNECT_TIMEOUT_S
+    }
+    engine_kwargs: dict[str, Any] = {"connect_args": connect_args, "pool_pre_ping": not sqlite}
+    try:
+        with warnings.catch_warnings():  # heartbeat and retry are "experimental" in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return PatientRDBStorage(
+                parsed.render_as_string(hide_password=False),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat or None,
+                grace_period=grace_period(heartbeat) if heartbeat else None,
+                heartbeat_stale_trial_callback=_stale_callback(heartbeat),
+            )
+    except Exception as e:  # sqlalchemy, the driver and Optuna's own errors alike
+        if isinstance(e, (ConfigError, StorageError)):
+            raise
+        reason = " ".join(str(getattr(e, "orig", None) or e).split()) or type(e).__name__
+        raise StorageError(
+            f"Could not open the Optuna study storage in {shown} ({reason}); check that the "
+            "database is reachable and the URL looks like sqlite:///path/to.db or "
+            "postgresql+psycopg://user@host/db."
+        ) from e
+
+
+def _prepare_sqlite(path: Path) -> None:
+    """Create the file's folder and switch the file to WAL, so readers never block a writer.
+
+    The Store does the same; this covers a process that opens the study first. WAL is a
+    property of the file, so one connection that sets it is enough.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_S)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.Error) as e:  # opening the storage below reports it clearly
+        log.debug("could not switch %s to WAL: %s", path, e)
+
+
+def _stale_callback(heartbeat: int) -> RetryHeartbeatStaleTrialCallback | None:
+    if not heartbeat:
+        return None
+    return RetryHeartbeatStaleTrialCallback(max_retry=STALE_RETRIES)
+
+
+# --- model folders shared by the workers of a study ----------------------------------------
+
+
+def study_dir_name(study: str) -> str:
+    """A folder name for the study that is safe on any filesystem and unique per name.
+
+    A readable slug of the name plus a hash of the whole name: `../x` becomes `x-<hash>`,
+    never a path outside the artifacts folder.
+    """
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", study).strip("-_")[:40] or "study"
+    return f"{slug}-{hashlib.sha256(study.encode('utf-8')).hexdigest()[:10]}"
+
+
+def keep_best_artifacts(root: Path, keep: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """A study callback: delete the `trial-N` model folders of all but the best `keep` trials.
+
+    Folders of running or waiting trials stay: another worker may be writing one right now.
+    """
+
+    def callback(study: optuna.Study, _: FrozenTrial) -> None:
+        if not root.is_dir():
+            return
+        trials = study.get_trials(deepcopy=False)
+        kept = {t.number for t in ranked(trials)[:keep]}
+        kept |= {t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+        for path in root.iterdir():
+            match = _TRIAL_DIR.match(path.name)
+            if match and int(match.group(1)) not in kept and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+
+    return callback
+
+
+def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Complete trials, best first; ties go to the earlier trial, as Optuna's best_trial does."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return sorted(complete, key=lambda t: (-t.value, t.number))
