@@ -22,9 +22,13 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from trainer.errors import ConfigError, ModelError
 from trainer.explain import explain  # noqa: F401  (re-exported for callers)
+
+# Our own bars show prediction and training progress; the per-load weight/shard bars are noise.
+hf_logging.disable_progress_bar()
 
 
 def _minilm_path() -> str:
