@@ -1,0 +1,1 @@
+"""The multipage Streamlit dashboard: study explorer, evaluation and live prediction."""

@@ -1,0 +1,114 @@
+"""Evaluation page: any stored model's confusion, curves, calibration, threshold and errors."""
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, resources, views, widgets
+from storage.records import Run
+
+st.title("Evaluation")
+url = widgets.database_url()
+
+
+def pick_run(url: str, stage_runs: list[Run]) -> Run | None:
+    studies = resources.run_studies(url)
+    sources = (["a stage"] if stage_runs else []) + (["a tuning trial"] if studies else [])
+    if not sources:
+        return None
+    source = st.radio("Model from", sources, horizontal=True, key="eval_source")
+    if source == "a tuning trial":
+        left, right = st.columns(2)
+        name = left.selectbox("Study", studies, key="eval_study")
+        by_number = resources.trial_runs(url, name)
+        if not by_number:
+            return None
+        return by_number[right.selectbox("Trial", sorted(by_number), key="eval_trial")]
+    by_id = {r.id: r for r in stage_runs}
+    finals = [r.id for r in stage_runs if r.spec.stage == "finetuned"]
+    default = list(by_id).index(finals[-1] if finals else stage_runs[-1].id)
+    chosen = st.selectbox("Model", list(by_id), index=default, key="eval_run",
+                          format_func=lambda i: views.run_label(by_id[i]))
+    return by_id[chosen]
+
+
+def show_scalars(run: Run) -> None:
+    cells = views.metric_cells(run)
+    for column, (name, shown, note) in zip(st.columns(len(cells)), cells):
+        column.metric(name, shown, help=note)
+    st.caption(f"{run.evaluation.n:,} {run.spec.split} reviews · model "
+               f"{views.escape_markdown(run.spec.model)}")
+
+
+def show_curves(url: str, run: Run, runs: list[Run]) -> None:
+    curves = run.evaluation.curves
+    others = {r.id: r for r in runs if r.id != run.id and "roc" in r.evaluation.curves}
+    compare = st.selectbox("Compare the ROC curve with", [None, *others], key="eval_compare",
+                           format_func=lambda i: "—" if i is None else views.run_label(others[i]))
+    roc_runs = [run] + ([others[compare]] if compare is not None else [])
+    left, middle, right = st.columns(3)
+    if "roc" in curves:
+        left.altair_chart(charts.curves_chart(views.curves_frame(roc_runs, "roc"), "roc"),
+                          key="eval_roc")
+    if "pr" in curves:
+        middle.altair_chart(charts.curves_chart(
+            views.curve_frame(curves["pr"], views.run_label(run)), "pr"), key="eval_pr")
+    if "calibration" in curves:
+        right.altair_chart(charts.calibration_chart(
+            views.curve_frame(curves["calibration"], views.run_label(run))), key="eval_cal")
+    if not curves:
+        st.info("This run has no stored curves.")
+
+
+def show_threshold(run: Run, preds) -> float:
+    st.subheader("Decision threshold")
+    threshold = st.slider("Call a review positive when its probability is at least",
+                          0.01, 0.99, 0.5, 0.01, key="eval_threshold")
+    confusion, per_class = views.at_threshold(preds, threshold)
+    left, middle, right = st.columns([1, 1, 2])
+    left.altair_chart(charts.confusion_chart(confusion), key="eval_confusion")
+    middle.altair_chart(charts.confusion_chart(confusion, normalised=True),
+                        key="eval_confusion_norm")
+    right.dataframe(per_class, hide_index=True, key="eval_per_class")
+    right.altair_chart(charts.histogram_chart(views.probability_histogram(preds), threshold),
+                       key="eval_histogram")
+    return threshold
+
+
+def show_errors(preds, threshold: float) -> None:
+    st.subheader("Misclassified reviews, most confident first")
+    lengths = preds["length"].dropna()
+    if lengths.empty:
+        st.info("The texts of these reviews were not stored, so there is nothing to browse.")
+        return
+    low, high = int(lengths.min()), max(int(lengths.max()), int(lengths.min()) + 1)
+    chosen = st.slider("Review length (characters)", low, high, (low, high), key="eval_length")
+    errors = views.errors_frame(preds, threshold, chosen[0], chosen[1])
+    st.caption(f"{len(errors)} shown (at most 200)")
+    st.dataframe(errors, hide_index=True, key="eval_errors",
+                 column_config={"confidence": st.column_config.NumberColumn(format="%.3f")})
+    if not errors.empty:
+        pick = st.selectbox("Read a review", errors["review_id"], key="eval_read")
+        st.text(errors.loc[errors["review_id"] == pick, "text"].iloc[0])
+
+
+def show(url: str) -> None:
+    runs = [r for stage in views.COMPARED_STAGES for r in resources.runs(url, stage)]
+    run = pick_run(url, runs)
+    if run is None:
+        st.info(f"The database holds no evaluated model yet. {widgets.FILL_HINT}")
+        return
+    for warning in run.spec.warnings:
+        widgets.say("warning", warning)
+    show_scalars(run)
+    show_curves(url, run, runs)
+    preds = resources.predictions(url, run.id, run.created_at.isoformat())
+    if preds["prob"].notna().sum() == 0:
+        st.info("This run has no stored predictions; the threshold slider and the error "
+                "browser need them. Runs saved by `python -m trainer` store them.")
+        return
+    show_errors(preds, show_threshold(run, preds))
+
+
+with widgets.page_errors("read the evaluations"):
+    if widgets.open_database(url) is not None:
+        show(url)

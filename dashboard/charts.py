@@ -1,0 +1,155 @@
+"""Altair charts drawn from the DataFrames that `views` and `study_views` prepare."""
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+STATE_COLORS = alt.Scale(domain=["COMPLETE", "PRUNED", "FAIL", "RUNNING"],
+                         range=["#1f77b4", "#ff7f0e", "#d62728", "#7f7f7f"])
+CLASS_COLORS = alt.Scale(domain=["negative", "positive"], range=["#d62728", "#2ca02c"])
+
+
+def confusion_chart(frame: pd.DataFrame, normalised: bool = False) -> alt.Chart:
+    """A 2×2 heatmap of `views.confusion_frame`: counts, or shares of each true class."""
+    field, fmt = ("share", ".1%") if normalised else ("count", ",d")
+    base = alt.Chart(frame).encode(
+        x=alt.X("predicted:N", title="predicted", sort=["negative", "positive"]),
+        y=alt.Y("true:N", title="true", sort=["negative", "positive"]))
+    cells = base.mark_rect().encode(
+        color=alt.Color(f"{field}:Q", scale=alt.Scale(scheme="blues"), legend=None),
+        tooltip=["true:N", "predicted:N", alt.Tooltip("count:Q", format=",d"),
+                 alt.Tooltip("share:Q", format=".1%")])
+    labels = base.mark_text(fontSize=16).encode(
+        text=alt.Text(f"{field}:Q", format=fmt),
+        color=alt.condition("datum.share > 0.5", alt.value("white"), alt.value("black")))
+    title = "share of each true class" if normalised else "confusion matrix"
+    return (cells + labels).properties(title=title, width=220, height=220)
+
+
+def curves_chart(frame: pd.DataFrame, kind: str) -> alt.Chart:
+    """ROC or precision-recall curves (`views.curve_frame` rows, one colour per model)."""
+    x_title, y_title = ("false positive rate", "true positive rate") if kind == "roc" \
+        else ("recall", "precision")
+    lines = alt.Chart(frame).mark_line().encode(
+        x=alt.X("x:Q", title=x_title, scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("y:Q", title=y_title, scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("model:N", title="model",
+                        legend=alt.Legend(orient="bottom", columns=1, labelLimit=400)),
+        order="order:Q",
+        tooltip=[alt.Tooltip("x:Q", format=".3f", title=x_title),
+                 alt.Tooltip("y:Q", format=".3f", title=y_title),
+                 alt.Tooltip("w:Q", format=".3f", title="threshold"), "model:N"])
+    lines = lines.transform_window(order="row_number()", groupby=["model"])
+    if kind != "roc":
+        return lines.properties(title="precision-recall curve", height=300)
+    chance = alt.Chart(pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})).mark_line(
+        strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
+    return (chance + lines).properties(title="ROC curve", height=300)
+
+
+def calibration_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Reliability diagram: mean predicted probability against the observed positive share,
+    one point per bin sized by how many reviews fell in it."""
+    diagonal = alt.Chart(pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})).mark_line(
+        strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
+    base = alt.Chart(frame).encode(
+        x=alt.X("x:Q", title="mean predicted probability", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("y:Q", title="fraction positive", scale=alt.Scale(domain=[0, 1])))
+    points = base.mark_circle(opacity=0.8).encode(
+        size=alt.Size("w:Q", title="reviews in bin", legend=None,
+                      scale=alt.Scale(range=[20, 400])),
+        tooltip=[alt.Tooltip("x:Q", format=".3f", title="predicted"),
+                 alt.Tooltip("y:Q", format=".3f", title="observed"),
+                 alt.Tooltip("w:Q", format=",.0f", title="reviews")])
+    return (diagonal + base.mark_line() + points).properties(
+        title="calibration (reliability diagram)", height=300)
+
+
+def histogram_chart(frame: pd.DataFrame, threshold: float | None = None) -> alt.Chart:
+    """Binned predicted probabilities per true class (`views.probability_histogram`)."""
+    bars = alt.Chart(frame).mark_bar(opacity=0.6).encode(
+        x=alt.X("bin_start:Q", bin="binned", title="predicted positive probability"),
+        x2="bin_end:Q",
+        y=alt.Y("count:Q", stack=None, title="reviews"),
+        color=alt.Color("true:N", scale=CLASS_COLORS, title="true class"),
+        tooltip=["true:N", alt.Tooltip("count:Q", format=",d")])
+    if threshold is None:
+        return bars.properties(title="predicted probabilities", height=250)
+    rule = alt.Chart(pd.DataFrame({"t": [threshold]})).mark_rule(color="black").encode(x="t:Q")
+    return (bars + rule).properties(title="predicted probabilities", height=250)
+
+
+def history_chart(frame: pd.DataFrame, objective: str = "objective") -> alt.Chart:
+    """Optimisation history: each complete trial's value and the best-so-far line."""
+    points = alt.Chart(frame).mark_circle(size=30, opacity=0.6).encode(
+        x=alt.X("number:Q", title="trial"), y=alt.Y("value:Q", title=objective,
+                                                   scale=alt.Scale(zero=False)),
+        tooltip=["number:Q", alt.Tooltip("value:Q", format=".4f")])
+    best = alt.Chart(frame).mark_line(interpolate="step-after", color="#d62728").encode(
+        x="number:Q", y="best:Q", tooltip=[alt.Tooltip("best:Q", format=".4f")])
+    return (points + best).properties(title="optimisation history (red: best so far)",
+                                      height=300)
+
+
+def intermediate_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Per-epoch values, one line per trial, coloured by state so pruned trials stand out."""
+    return alt.Chart(frame).mark_line(point=True, opacity=0.7).encode(
+        x=alt.X("step:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("value:Q", title="intermediate value", scale=alt.Scale(zero=False)),
+        detail="number:N", color=alt.Color("state:N", scale=STATE_COLORS),
+        tooltip=["number:Q", "step:Q", alt.Tooltip("value:Q", format=".4f"), "state:N"],
+    ).properties(title="intermediate values per epoch", height=300)
+
+
+def importance_chart(frame: pd.DataFrame, target: str) -> alt.Chart:
+    """Horizontal bars of hyperparameter importance (`study_views.importance_frame`)."""
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("importance:Q", title=f"importance for {target}"),
+        y=alt.Y("param:N", sort="-x", title=None, axis=alt.Axis(labelLimit=260)),
+        tooltip=["param:N", alt.Tooltip("importance:Q", format=".3f")],
+    ).properties(title="hyperparameter importance")
+
+
+def parallel_chart(frame: pd.DataFrame, objective: str = "objective") -> alt.Chart:
+    """Parallel coordinates: one line per complete trial across rescaled hyperparameter axes."""
+    return alt.Chart(frame).mark_line(opacity=0.5).encode(
+        x=alt.X("axis:N", title=None, axis=alt.Axis(labelAngle=0, labelLimit=220)),
+        y=alt.Y("position:Q", title="scaled value (0–1)", axis=alt.Axis(labels=False)),
+        detail="number:N", color=alt.Color("value:Q", title=objective,
+                                           scale=alt.Scale(scheme="viridis")),
+        tooltip=["number:Q", "axis:N", "label:N", alt.Tooltip("value:Q", format=".4f")],
+    ).properties(title="parallel coordinates", height=300)
+
+
+def slices_chart(frame: pd.DataFrame, objective: str = "objective") -> alt.FacetChart:
+    """Slice plots: each hyperparameter (`study_views.slices_frame`) against the objective,
+    one panel per hyperparameter with its own x axis."""
+    return alt.Chart(frame).mark_circle(size=25, opacity=0.6).encode(
+        x=alt.X("x:Q", title=None, scale=alt.Scale(zero=False)),
+        y=alt.Y("value:Q", title=objective, scale=alt.Scale(zero=False)),
+        color=alt.Color("number:Q", title="trial", scale=alt.Scale(scheme="blues")),
+        tooltip=["number:Q", "label:N", "value:Q"],
+    ).properties(width=220, height=180).facet(
+        facet=alt.Facet("param:N", title=None), columns=3,
+    ).resolve_scale(x="independent").properties(title="slice plots")
+
+
+def duration_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Wall time of each finished trial, coloured by state."""
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("number:Q", title="trial"),
+        y=alt.Y("duration_s:Q", title="seconds"),
+        color=alt.Color("state:N", scale=STATE_COLORS),
+        tooltip=["number:Q", "state:N", alt.Tooltip("duration_s:Q", format=".1f")],
+    ).properties(title="time per trial", height=250)
+
+
+def contributions_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Words that drove the decision: signed weights, green towards positive, red negative."""
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("weight:Q", title="contribution (+ towards positive)"),
+        y=alt.Y("token:N", sort=alt.EncodingSortField("weight", op="sum", order="descending"),
+                title=None),
+        color=alt.Color("towards:N", scale=CLASS_COLORS, title="towards"),
+        tooltip=["token:N", alt.Tooltip("weight:Q", format=".4f")],
+    ).properties(title="words that drove the decision")

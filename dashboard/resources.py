@@ -1,0 +1,171 @@
+"""Cached access to the database, the Optuna studies and the models, shared by every page."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import optuna
+import pandas as pd
+import streamlit as st
+from optuna.trial import FrozenTrial, TrialState
+
+from dashboard import study_views
+from storage.records import Run
+from storage.store import Store, open_store
+
+DEFAULT_DB = "sqlite:///runs/sentiment.db"
+DB_ENV = "SENTIMENT_DB"
+EVALUATORS = ("PED-ANOVA", "fANOVA", "mean decrease impurity")
+# Small, shallow forests: Optuna's default fANOVA (64 trees, depth 64) takes 16 s on 700 trials
+# on 2 cores, 16 trees of depth 6 take 0.2 s and rank the parameters the same way.
+FOREST_TREES, FOREST_DEPTH = 16, 6
+FRESH_S = 5  # study and run lists go stale this fast while a study runs
+STUDY_TTL_S = 600  # a loaded study caches finished trials; reload it now and then
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def default_url() -> str:
+    """The database URL from SENTIMENT_DB, else the tool's default."""
+    return os.environ.get(DB_ENV, "").strip() or DEFAULT_DB
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def store(url: str) -> Store:
+    """One open Store per database URL and process.
+
+    Raises:
+        StorageError: the database cannot be opened.
+    """
+    return open_store(url)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def optuna_storage(url: str) -> Any:
+    """Optuna's storage for the same database (no heartbeat: the dashboard only reads).
+
+    Raises:
+        StorageError: the database cannot be opened.
+        ConfigError: the URL is an in-memory SQLite database.
+    """
+    from trainer.workers import optuna_storage as make
+
+    return make(url, 0)
+
+
+# Records are read-only and large (1,000 runs, 25,000 texts): shared, not copied per session.
+@st.cache_resource(ttl=FRESH_S, show_spinner=False, max_entries=16)
+def runs(url: str, stage: str | None = None, study: str | None = None) -> list[Run]:
+    """Stored runs, oldest first, optionally of one stage and/or study."""
+    return store(url).list_runs(stage=stage, study=study)
+
+
+@st.cache_resource(ttl=FRESH_S, show_spinner=False, max_entries=16)
+def trial_runs(url: str, study: str) -> dict[int, Run]:
+    """Trial number -> our stored validation run of that trial."""
+    return store(url).trial_runs(study)
+
+
+@st.cache_data(ttl=FRESH_S, show_spinner=False, max_entries=4)
+def run_studies(url: str) -> list[str]:
+    """Names of the studies that have stored runs, sorted."""
+    return store(url).studies()
+
+
+@st.cache_resource(show_spinner=False, max_entries=12)
+def predictions(url: str, run_id: int, version: str = "") -> pd.DataFrame:
+    """A run's per-review predictions (review_id, label, prob, text, length).
+
+    A run's predictions never change once saved, except a trial's, which is replaced each
+    epoch: pass its creation time as `version`.
+    """
+    return store(url).predictions(run_id)
+
+
+@st.cache_data(ttl=FRESH_S, show_spinner=False, max_entries=4)
+def study_names(url: str) -> list[str]:
+    """Names of the Optuna studies in the database, sorted."""
+    return sorted(s.study_name for s in optuna_storage(url).get_all_studies())
+
+
+@st.cache_resource(ttl=STUDY_TTL_S, show_spinner=False, max_entries=8)
+def study(url: str, name: str) -> optuna.Study:
+    """A study, loaded once in a while: its storage then fetches only new and unfinished trials.
+
+    Raises:
+        KeyError: no study has this name.
+    """
+    return optuna.load_study(study_name=name, storage=optuna_storage(url))
+
+
+@st.cache_resource(ttl=FRESH_S, show_spinner=False, max_entries=8)
+def study_trials(url: str, name: str) -> tuple[str, list[FrozenTrial]]:
+    """A study's direction ("maximize"/"minimize") and all its trials (shared: do not modify).
+
+    Raises:
+        KeyError: no study has this name.
+    """
+    loaded = study(url, name)  # a multi-objective study is shown by its first objective
+    return loaded.directions[0].name.lower(), loaded.get_trials(deepcopy=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def importances(url: str, name: str, evaluator: str, target: str,
+                version: tuple[int, ...]) -> dict[str, float]:
+    """Hyperparameter importances of a study's complete trials for a target.
+
+    Args:
+        url: the database.
+        name: the study.
+        evaluator: one of EVALUATORS.
+        target: "objective", or a metric of our stored trial runs (e.g. "f1_negative").
+        version: the complete trials' numbers, so the cache refreshes when one finishes.
+
+    Returns:
+        Normalised importances, largest first (empty with fewer than two usable trials).
+    """
+    direction, trials = study_trials(url, name)
+    metrics = pd.DataFrame() if target == "objective" else \
+        study_views.trial_metrics_frame(trial_runs(url, name))
+    values = study_views.target_values(study_views.trials_table(trials), metrics, target)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.number in values.index]
+    if len(complete) < 2:
+        return {}
+    if target != "objective":
+        direction = study_views.metric_direction(target)
+    copy = optuna.create_study(direction=direction)
+    copy.add_trials([optuna.trial.create_trial(
+        params=t.params, distributions=t.distributions, value=float(values[t.number]))
+        for t in complete])
+    return optuna.importance.get_param_importances(copy, evaluator=_evaluator(evaluator))
+
+
+def _evaluator(name: str) -> Any:
+    importance = optuna.importance
+    if name == "fANOVA":
+        return importance.FanovaImportanceEvaluator(n_trees=FOREST_TREES,
+                                                    max_depth=FOREST_DEPTH, seed=0)
+    if name == "mean decrease impurity":
+        return importance.MeanDecreaseImpurityImportanceEvaluator(
+            n_trees=FOREST_TREES, max_depth=FOREST_DEPTH, seed=0)
+    return importance.PedAnovaImportanceEvaluator()
+
+
+@st.cache_resource(ttl=FRESH_S, show_spinner=False, max_entries=4)
+def model_choices(url: str) -> list[Any]:
+    """Every stored model a user can pick on the live page (trainer.predict.ModelChoice)."""
+    from trainer.predict import model_choices as choices
+
+    return choices(store(url))
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def predictor(url: str, ref: str) -> Any:
+    """A loaded model, once per process; predictors lock themselves for concurrent sessions.
+
+    Raises:
+        TrainerError: the reference names no model, or its files are gone or unreadable.
+    """
+    from trainer import predict
+
+    return predict.load_predictor(store(url), ref)

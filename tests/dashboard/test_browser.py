@@ -1,0 +1,48 @@
+"""A real browser: headless Chromium opens every page of `streamlit run` on a populated database."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.dashboard import browser
+from tests.dashboard.builders import XSS
+
+PAGES = {"/": "Overview", "/study": "Study explorer", "/study?study_tab=History": "Study explorer",
+         "/study?study_tab=Importance": "Study explorer",
+         "/study?study_tab=Hyperparameters": "Study explorer", "/evaluation": "Evaluation",
+         "/live": "Live prediction"}
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    binary = browser.chromium()
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("chromium is missing, and CI must not skip the browser test")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return binary
+
+
+@pytest.mark.slow
+def test_every_page_renders_in_chromium_without_an_exception(chromium: str, xss_db: str,
+                                                             tmp_path: Path) -> None:
+    with browser.dashboard(xss_db, tmp_path / "streamlit.log") as base, browser.browser() as tab:
+        for path, title in PAGES.items():
+            tab.open(base + path, timeout_s=120)
+            shot = tmp_path / f"{path.strip('/').replace('?', '_') or 'overview'}.png"
+            tab.screenshot(shot)
+            html, text = tab.html(), tab.text()
+            assert 'data-testid="stException"' not in html, (path, text[:2000])
+            assert "Traceback" not in text, (path, text[:2000])
+            assert title in text, (path, text[:500])
+            assert shot.stat().st_size > 10_000  # a drawn page, not a blank one
+            # Hostile names arrive as text: no <script> or <img onerror> element was created.
+            assert tab.evaluate("document.querySelectorAll('img[onerror]').length") == 0
+            assert "alert(1)" not in tab.evaluate(
+                "[...document.scripts].map(s => s.textContent).join(' ')")
+            if path.startswith("/study"):  # the study's name is shown, as plain text
+                shown = tab.evaluate("[...document.querySelectorAll('input')]"
+                                     ".map(i => i.value || i.placeholder).join('\\n')")
+                assert f"{XSS[0]} study" in shown + text

@@ -1,0 +1,105 @@
+"""Chart specs (`chart.to_dict()`): encodings, layers and how much data each chart ships."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from dashboard import charts, views
+from storage.records import Curve
+
+
+def spec_of(chart: Any) -> dict[str, Any]:
+    return chart.to_dict()
+
+
+def rows_shipped(spec: dict[str, Any]) -> int:
+    return sum(len(rows) for rows in spec.get("datasets", {}).values())
+
+
+def layer_marks(spec: dict[str, Any]) -> list[str]:
+    marks = []
+    for layer in spec.get("layer", [spec]):
+        mark = layer["mark"]
+        marks.append(mark["type"] if isinstance(mark, dict) else mark)
+    return marks
+
+
+def test_confusion_chart_switches_between_counts_and_shares() -> None:
+    frame = views.confusion_frame(((5, 1), (2, 7)))
+    counts, shares = spec_of(charts.confusion_chart(frame)), \
+        spec_of(charts.confusion_chart(frame, normalised=True))
+    assert layer_marks(counts) == ["rect", "text"]
+    assert counts["layer"][1]["encoding"]["text"]["field"] == "count"
+    assert shares["layer"][1]["encoding"]["text"] == {"field": "share", "format": ".1%",
+                                                      "type": "quantitative"}
+    assert "share" in shares["title"] and rows_shipped(counts) == 4
+
+
+def test_roc_chart_has_chance_diagonal_and_one_colour_per_model() -> None:
+    curve = Curve((0.0, 0.2, 1.0), (0.0, 0.8, 1.0), (1.0, 0.5, 0.0))
+    frame = pd.concat([views.curve_frame(curve, "a"), views.curve_frame(curve, "b")])
+    spec = spec_of(charts.curves_chart(frame, "roc"))
+    assert layer_marks(spec) == ["line", "line"]
+    lines = spec["layer"][1]["encoding"]
+    assert lines["color"]["field"] == "model" and lines["x"]["title"] == "false positive rate"
+    assert rows_shipped(spec) == 2 + 6
+
+
+def test_pr_chart_is_titled_and_has_no_diagonal() -> None:
+    curve = Curve((0.0, 1.0), (1.0, 0.5), (1.0, 0.0))
+    spec = spec_of(charts.curves_chart(views.curve_frame(curve, "a"), "pr"))
+    assert spec["mark"]["type"] == "line" and spec["encoding"]["y"]["title"] == "precision"
+    assert spec["title"] == "precision-recall curve"
+
+
+def test_calibration_chart_sizes_points_by_bin_count() -> None:
+    curve = Curve((0.1, 0.9), (0.2, 0.8), (50.0, 50.0))
+    spec = spec_of(charts.calibration_chart(views.curve_frame(curve, "a")))
+    assert layer_marks(spec) == ["line", "line", "circle"]
+    assert spec["layer"][2]["encoding"]["size"]["field"] == "w"
+
+
+def test_histogram_chart_ships_bins_not_reviews() -> None:
+    probs = pd.DataFrame({"label": [0, 1] * 12_500, "prob": [0.3, 0.7] * 12_500})
+    spec = spec_of(charts.histogram_chart(views.probability_histogram(probs), 0.4))
+    assert rows_shipped(spec) == 40 + 1  # 20 bins per class and the threshold rule
+    assert layer_marks(spec) == ["bar", "rule"]
+
+
+def test_history_chart_draws_points_and_a_step_line_of_the_best() -> None:
+    frame = pd.DataFrame({"number": [0, 1, 2], "value": [0.8, 0.7, 0.9], "state": "COMPLETE",
+                          "best": [0.8, 0.8, 0.9]})
+    spec = spec_of(charts.history_chart(frame))
+    assert layer_marks(spec) == ["circle", "line"]
+    assert spec["layer"][1]["mark"]["interpolate"] == "step-after"
+    assert spec["layer"][1]["encoding"]["y"]["field"] == "best"
+
+
+def test_intermediate_chart_draws_one_line_per_trial_coloured_by_state() -> None:
+    frame = pd.DataFrame({"number": [0, 0, 1], "step": [1, 2, 1], "value": [0.5, 0.6, 0.4],
+                          "state": ["COMPLETE", "COMPLETE", "PRUNED"]})
+    encoding = spec_of(charts.intermediate_chart(frame))["encoding"]
+    assert encoding["detail"]["field"] == "number" and encoding["color"]["field"] == "state"
+    assert "PRUNED" in encoding["color"]["scale"]["domain"]
+
+
+def test_importance_parallel_slice_duration_and_contribution_charts() -> None:
+    importance = spec_of(charts.importance_chart(
+        pd.DataFrame({"param": ["lr"], "importance": [1.0]}), "f1_negative"))
+    assert importance["encoding"]["x"]["title"] == "importance for f1_negative"
+    parallel = spec_of(charts.parallel_chart(pd.DataFrame(
+        {"number": [0, 0], "axis": ["a", "b"], "position": [0.0, 1.0], "label": ["1", "2"],
+         "value": [0.9, 0.9]})))
+    assert parallel["encoding"]["detail"]["field"] == "number"
+    slices = spec_of(charts.slices_chart(pd.DataFrame(
+        {"number": [0, 0], "param": ["lr (log10)", "b"], "x": [-5.0, 8.0], "label": ["1e-05", "8"],
+         "value": [0.9, 0.9]})))
+    assert slices["facet"]["field"] == "param" and slices["columns"] == 3
+    assert slices["resolve"]["scale"]["x"] == "independent"
+    duration = spec_of(charts.duration_chart(pd.DataFrame(
+        {"number": [0], "state": ["COMPLETE"], "duration_s": [3.0]})))
+    assert duration["encoding"]["y"]["field"] == "duration_s"
+    words = spec_of(charts.contributions_chart(pd.DataFrame(
+        {"token": ["good"], "weight": [0.5], "towards": ["positive"]})))
+    assert words["encoding"]["color"]["scale"]["range"] == ["#d62728", "#2ca02c"]
