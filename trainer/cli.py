@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("trainer").setLevel(logging.INFO)
     try:
         return COMMANDS[args.command][2](args)
     except (TrainerError, StorageError, ValueError) as e:

@@ -145,7 +145,7 @@ def summary(store, runs: list[Run]) -> str:
     """The end-of-run table of the three stages with McNemar's test against the fine-tuned model."""
     by_stage = {r.spec.stage: r for r in runs}
     ordered = [by_stage[s] for s in STAGE_ORDER if s in by_stage]
-    extra = {}
+    extra = None
     if "finetuned" in by_stage:
         tuned = by_stage["finetuned"]
         extra = mcnemar_against(store, tuned, [r for r in ordered if r is not tuned])
