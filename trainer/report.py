@@ -127,11 +127,10 @@ def mcnemar_against(store, target: Run, others: list[Run]) -> dict[int, str]:
     """McNemar's exact p-value of `target` against each other run, on the reviews both scored."""
     from trainer.metrics import mcnemar
 
-    mine = store.predictions(target.id).set_index("review_id")
+    mine = store.predictions(target.id)
     out = {}
     for run in others:
-        both = mine.join(store.predictions(run.id).set_index("review_id"), rsuffix="_o",
-                         how="inner")
+        both = mine.merge(store.predictions(run.id), on="review_id", suffixes=("", "_o"))
         if both.empty:
             out[run.id] = "no shared reviews"
             continue

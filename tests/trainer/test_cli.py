@@ -1,0 +1,142 @@
+"""The command line end to end: user errors are one clear line with exit 1, stages resume, JSON out."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from storage.store import open_store
+from trainer.cli import main
+
+
+@pytest.fixture(scope="module")
+def small_imdb(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 train and 100 test real reviews, balanced, as parquet."""
+    out = tmp_path_factory.mktemp("small-imdb")
+    for split, n in (("train", 100), ("test", 50)):
+        frame = pd.read_parquet(imdb_dir / f"{split}.parquet")
+        frame.groupby("label").head(n).to_parquet(out / f"{split}.parquet")
+    return out
+
+
+def _runs(db: str) -> list:
+    with open_store(db) as store:
+        return store.list_runs()
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one clear sentence, no traceback
+    return err[0]
+
+
+def _write(folder: Path, content: bytes) -> str:
+    folder.mkdir()
+    for split in ("train", "test"):
+        (folder / f"{split}.csv").write_bytes(content)
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (None, "no such directory"),
+        (b"review,label\nfine,1\nbad,0\n", "expected the columns ['label', 'text']"),
+        (b"text,label\nfine,5\nbad,0\n", "labels must be 0 (negative) or 1 (positive)"),
+        (b"text,label\nfi\xffne,1\nbad,0\n", "not valid UTF-8"),
+    ],
+)
+def test_bad_data_is_one_line_exit_1_and_leaves_the_store_unchanged(
+    tmp_path: Path, small_imdb: Path, capsys: pytest.CaptureFixture[str], content, words
+) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    common = ["--db", db, "--artifacts", str(tmp_path / "art")]
+    assert main(["--quiet", "baseline", "--data", str(small_imdb), *common]) == 0
+    before = [r.id for r in _runs(db)]
+    data = str(tmp_path / "nowhere/x") if content is None else _write(tmp_path / "bad", content)
+    capsys.readouterr()
+    assert main(["--quiet", "baseline", "--data", data, *common]) == 1
+    assert words in _error_line(capsys)
+    assert [r.id for r in _runs(db)] == before
+
+
+def test_unknown_database_scheme_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--db", "foo://bar"]) == 1
+    assert "sqlite:///" in _error_line(capsys)
+
+
+def test_unreachable_default_model_names_the_offline_route(
+    small_imdb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--quiet", "pretrained", "--data", str(small_imdb), "--test-size", "10",
+                 "--db", f"sqlite:///{tmp_path / 's.db'}"])
+    assert code == 1
+    line = _error_line(capsys)
+    assert "--model DIR" in line and "minilm-offline" in line
+
+
+def test_acl_imdb_folder_gives_the_same_baseline_as_parquet(
+    small_imdb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    acl = tmp_path / "aclImdb"
+    for split in ("train", "test"):
+        frame = pd.read_parquet(small_imdb / f"{split}.parquet")
+        for text, label, review_id in frame[["text", "label", "review_id"]].itertuples(index=False):
+            _, polarity, number = review_id.split("/")
+            path = acl / split / polarity / f"{number}_{7 if label else 2}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    accuracy = {}
+    for name, data in (("parquet", small_imdb), ("acl", acl)):
+        db = f"sqlite:///{tmp_path / name}.db"
+        assert main(["--quiet", "baseline", "--data", str(data), "--db", db,
+                     "--artifacts", str(tmp_path / name)]) == 0
+        capsys.readouterr()
+        assert main(["report", "--json", "--db", db]) == 0
+        report = json.loads(capsys.readouterr().out)
+        accuracy[name] = report["runs"][0]["metrics"]
+    assert accuracy["parquet"] == accuracy["acl"]
+
+
+@pytest.mark.slow
+def test_run_is_resumable_and_reports_every_stage(
+    small_imdb: Path, tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["--quiet", "run", "--data", str(small_imdb), "--model", tiny_model_dir, "--db", db,
+            "--artifacts", str(tmp_path / "art"), "--trials", "2", "--train-size", "32",
+            "--eval-size", "32", "--test-size", "40", "--max-length", "32"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "McNemar p vs fine-tuned" in first
+    ids = [r.id for r in _runs(db)]
+    assert main(args) == 0  # resumed: nothing is redone
+    assert [r.id for r in _runs(db)] == ids
+    capsys.readouterr()
+    assert main(["report", "--json", "--db", db]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["stage"] for r in report["runs"]] == ["baseline", "pretrained", "finetuned"]
+    assert report["runs"][1]["n"] == 40 and report["runs"][0]["n"] == 100
+    (study,) = report["studies"]
+    assert sum(study["trials"][k] for k in ("complete", "pruned", "failed")) == 2
+
+
+def test_predict_reads_arguments_and_csv_and_refuses_empty_reviews(
+    small_imdb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = ["--db", f"sqlite:///{tmp_path / 's.db'}"]
+    assert main(["--quiet", "baseline", "--data", str(small_imdb), *db,
+                 "--artifacts", str(tmp_path / "art")]) == 0
+    csv = tmp_path / "reviews.csv"
+    csv.write_bytes("\ufefftext\r\n\"A superb, moving film\"\r\nDreadful. Boring.\r\n".encode())
+    capsys.readouterr()
+    assert main(["predict", "Great acting", "--file", str(csv), *db]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3
+    assert all(x["label"] in ("positive", "negative") and 0.5 <= x["score"] <= 1 for x in lines)
+    assert main(["predict", "   ", *db]) == 1
+    assert "empty" in _error_line(capsys)
+    assert main(["predict", "fine", "--model-ref", "trial:x", *db]) == 1
+    assert "unknown model reference" in _error_line(capsys)
