@@ -100,20 +100,6 @@ def overview_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
-def align_predictions(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """The reviews two models both scored: review_id, label, prob_a, prob_b.
-
-    Raises:
-        ValueError: the two runs disagree on a review's true label.
-    """
-    merged = a[["review_id", "label", "prob"]].merge(
-        b[["review_id", "label", "prob"]], on="review_id", suffixes=("_a", "_b"))
-    if (merged["label_a"] != merged["label_b"]).any():
-        raise ValueError("the two runs give different true labels for the same review ids; "
-                         "they were scored on different data sources")
-    return merged.rename(columns={"label_a": "label"}).drop(columns="label_b")
-
-
 def format_p(p: float) -> str:
     """A p-value as people write it: "p < 0.001" or "p = 0.042"."""
     if math.isnan(p):
@@ -274,6 +260,7 @@ def stage_comparisons(latest: Mapping[str, Run],
         sentence (b: reviews only the earlier stage got right; c: only the later one).
     """
     from trainer.metrics import mcnemar
+    from trainer.report import paired_predictions
 
     rows = []
     for before, after in COMPARISONS:
@@ -281,7 +268,7 @@ def stage_comparisons(latest: Mapping[str, Run],
             continue
         run_a, run_b = latest[before], latest[after]
         try:
-            aligned = align_predictions(preds[run_a.id], preds[run_b.id]).dropna()
+            aligned = paired_predictions(preds[run_a.id], preds[run_b.id]).dropna()
         except ValueError:  # scored on different data: nothing to pair
             continue
         if aligned.empty:

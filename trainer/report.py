@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pandas as pd
+
 from storage import Run
 
 STAGE_ORDER = ("baseline", "pretrained", "finetuned")
@@ -123,6 +125,19 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def paired_predictions(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """The reviews two models both scored: review_id, label, prob_a, prob_b.
+
+    Raises:
+        ValueError: the two runs disagree on a review's true label.
+    """
+    merged = a[["review_id", "label", "prob"]].merge(
+        b[["review_id", "label", "prob"]], on="review_id", suffixes=("_a", "_b"))
+    if (merged["label_a"] != merged["label_b"]).any():
+        raise ValueError("the two runs give different true labels for the same review ids; "
+                         "they were scored on different data sources")
+    return merged.rename(columns={"label_a": "label"}).drop(columns="label_b")
+
 def mcnemar_against(store, target: Run, others: list[Run]) -> dict[int, str]:
     """McNemar's exact p-value of `target` against each other run, on the reviews both scored."""
     from trainer.metrics import mcnemar
@@ -130,12 +145,15 @@ def mcnemar_against(store, target: Run, others: list[Run]) -> dict[int, str]:
     mine = store.predictions(target.id)
     out = {}
     for run in others:
-        both = mine.merge(store.predictions(run.id), on="review_id", suffixes=("", "_o"))
+        try:
+            both = paired_predictions(mine, store.predictions(run.id))
+        except ValueError:
+            both = mine.iloc[:0]
         if both.empty:
             out[run.id] = "no shared reviews"
             continue
-        result = mcnemar(both["label"].to_numpy(), both["prob"].to_numpy(),
-                         both["prob_o"].to_numpy())
+        result = mcnemar(both["label"].to_numpy(), both["prob_a"].to_numpy(),
+                         both["prob_b"].to_numpy())
         out[run.id] = f"{result.p_value:.3g} (n={len(both)})"
     return out
 

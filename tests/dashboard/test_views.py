@@ -11,6 +11,8 @@ import pytest
 from dashboard import live_views, views
 from storage.records import ClassMetrics, Curve, Evaluation, Run, RunSpec
 from trainer.explanation import Contribution
+from trainer.report import paired_predictions
+from trainer.report import paired_predictions
 
 
 def make_run(run_id: int, stage: str, accuracy: float = 0.8, **spec: object) -> Run:
@@ -76,9 +78,9 @@ def test_align_predictions_pairs_by_review_id_and_rejects_different_labels() -> 
     b = preds([1, 0, 1], [0.9, 0.1, 0.6])[::-1]
     b = b.assign(review_id=["r0", "r1", "r2"], label=[1, 1, 0])
     with pytest.raises(ValueError, match="different true labels"):
-        views.align_predictions(a, b)
+        paired_predictions(a, b)
     same = a.assign(prob=[0.3, 0.8, 0.9])
-    aligned = views.align_predictions(a, same)
+    aligned = paired_predictions(a, same)
     assert list(aligned.columns) == ["review_id", "label", "prob_a", "prob_b"]
     assert aligned["prob_b"].tolist() == [0.3, 0.8, 0.9]
 
