@@ -127,6 +127,9 @@ def run_predict(args: argparse.Namespace) -> int:
     from trainer.predict import label_of, load_predictor, validate_review
 
     config = _config(args)
+    if args.model:
+        raise TrainerError("predict classifies with a stored model; choose it with --model-ref "
+                           "(baseline, pretrained, final, trial:N or run:ID), not --model")
     texts = list(args.texts) + (read_reviews_csv(args.file) if args.file else [])
     if not texts:
         raise TrainerError("no review given; pass TEXT arguments or --file reviews.csv")
@@ -166,7 +169,11 @@ def read_reviews_csv(path: str) -> list[str]:
         raise DataError(
             f"{path} is not valid UTF-8 (line {line}); save it as UTF-8 and retry"
         ) from e
-    rows = list(csv.reader(io.StringIO(text, newline="")))
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:  # e.g. a field over csv's 131,072-character limit
+        raise DataError(f"{path} is not a readable CSV ({e}); expected one review per row, "
+                        "quoted when it holds commas or line breaks; fix it and retry") from e
     if not rows:
         raise DataError(f"{path} is empty; expected a header row with a 'text' column")
     header = [h.strip().lower() for h in rows[0]]

@@ -125,7 +125,7 @@ def tune(ctx: Context, n_trials: int, *, join: bool = False):
     train, validation = ctx.tuning_splits()
     run_trials = tuning.work if join else tuning.tune
     return run_trials(ctx.config, train, validation, ctx.store, n_trials=n_trials,
-                      data_source=ctx.data.source)
+                      progress=ctx.progress, data_source=ctx.data.source)
 
 
 def remaining_trials(ctx: Context) -> int:

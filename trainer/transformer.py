@@ -136,7 +136,7 @@ def load_classifier(name_or_dir: str, *, device: str | None = None) -> Classifie
         ModelError: offline/unreachable hub, missing or pickle-only files, unusable labels.
     """
     path = resolve_model(name_or_dir)
-    _check_location(path)
+    check_location(path)
     config = _load_config(path)
     if config.num_labels != 2:
         label_index(config.id2label)  # raises, naming the labels found
@@ -151,7 +151,12 @@ def load_classifier(name_or_dir: str, *, device: str | None = None) -> Classifie
     return Classifier(model, tokenizer, positive, new_head, name_or_dir, device)
 
 
-def _check_location(path: str) -> None:
+def check_location(path: str) -> None:
+    """Refuse a missing path, a single file or a pickle-only directory before anything loads.
+
+    Raises:
+        ModelError: what was found and what is expected.
+    """
     local = Path(path).expanduser()
     if local.is_file():
         kind = "a pickle file, which is never loaded" if local.suffix in PICKLE_SUFFIXES else "a file"

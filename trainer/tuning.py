@@ -220,7 +220,7 @@ def tune(config: Config, train: Split, validation: Split, store: Any, *, n_trial
 
 
 def work(config: Config, train: Split, validation: Split, store: Any, *, n_trials: int,
-         data_source: str | None = None) -> optuna.Study:
+         progress: bool = True, data_source: str | None = None) -> optuna.Study:
     """Join an existing study as one more worker (any process or machine) and run `n_trials`.
 
     Its sampler is seeded from the clock and process id: workers seeded alike would all draw
@@ -237,7 +237,7 @@ def work(config: Config, train: Split, validation: Split, store: Any, *, n_trial
     """
     resolve_space(config.search_space)
     study = open_study(config, create=False, seed=_worker_seed())
-    return _optimize(study, config, train, validation, store, n_trials, False, data_source)
+    return _optimize(study, config, train, validation, store, n_trials, progress, data_source)
 
 
 def _worker_seed() -> int:
@@ -251,6 +251,8 @@ def _optimize(study: optuna.Study, config: Config, train: Split, validation: Spl
 
     if config.max_length is None:
         config = config.sized_for(transformer.default_device())
+    # A bad --model fails here in one line, not as a FAIL trial with Optuna's traceback.
+    transformer.check_location(transformer.resolve_model(config.model))
     objective = _Objective(config, train, validation, store, data_source or config.data)
     study.optimize(objective, n_trials=n_trials, catch=(TrialFailed,),
                    callbacks=[keep_best_artifacts(objective.artifacts, KEEP_ARTIFACTS)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, resources, views, widgets
+from storage import StorageError
 from storage.records import Run
 
 st.title("Evaluation")
@@ -101,7 +102,13 @@ def show(url: str) -> None:
         widgets.say("warning", warning)
     show_scalars(run)
     show_curves(url, run, runs)
-    preds = resources.predictions(url, run.id, run.created_at.isoformat())
+    try:
+        preds = resources.predictions(url, run.id, run.created_at.isoformat())
+    except StorageError:
+        if run.spec.stage != "trial":
+            raise
+        resources.trial_runs.clear()  # a running trial replaced its row: look it up again
+        st.rerun()
     if preds["prob"].notna().sum() == 0:
         st.info("This run has no stored predictions; the threshold slider and the error "
                 "browser need them. Runs saved by `python -m trainer` store them.")

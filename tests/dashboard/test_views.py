@@ -12,7 +12,6 @@ from dashboard import live_views, views
 from storage.records import ClassMetrics, Curve, Evaluation, Run, RunSpec
 from trainer.explanation import Contribution
 from trainer.report import paired_predictions
-from trainer.report import paired_predictions
 
 
 def make_run(run_id: int, stage: str, accuracy: float = 0.8, **spec: object) -> Run:

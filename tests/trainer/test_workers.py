@@ -71,6 +71,7 @@ fake.TrainingDiverged = TrainingDiverged
 fake.fine_tune, fake.save_classifier = fine_tune, save_classifier
 fake.free_memory = lambda: None
 fake.resolve_model = lambda name: name
+fake.check_location = lambda path: None
 fake.default_device = lambda: "cpu"
 sys.modules["trainer.transformer"] = fake
 

@@ -1,0 +1,113 @@
+"""FastClassifier: CPU scoring that agrees with the eager model and keeps the input order."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from trainer.inference import FastClassifier
+
+REVIEWS = [
+    "A wonderful film.",
+    "Dreadful acting, a plot full of holes and a score that never stops " * 6,
+    "ok",
+    "I laughed, I cried, I want my money back. " * 3,
+    "",
+    "The best thing about it is the popcorn. " * 12,
+    "Mixed feelings: strong start, weak end.",
+]
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_model_dir: str):
+    """The tiny random classifier as saved: every logit gap is near -0.02."""
+    from trainer.transformer import load_classifier
+
+    return load_classifier(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def spread(tiny_model_dir: str):
+    """The tiny classifier with a head along its reviews' main direction of variation.
+
+    A random tiny BERT gives nearly the same score to every review, which would hide a review
+    getting another's score; this head spreads the scores over (0.04, 0.98) instead.
+    """
+    from trainer.transformer import load_classifier
+
+    loaded = load_classifier(tiny_model_dir, device="cpu")
+    bert = loaded.model.bert
+    with torch.inference_mode():
+        batch = loaded.tokenizer(REVIEWS, padding=True, return_tensors="pt")
+        pooled = bert(**batch).pooler_output
+    centred = pooled - pooled.mean(0)
+    direction = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+    scale = 4.0 / float((centred @ direction).abs().max())
+    with torch.no_grad():
+        head = loaded.model.classifier
+        head.weight.copy_(torch.stack([-direction, direction]) * scale / 2)
+        head.bias.copy_(torch.tensor([1.0, -1.0]) * float(pooled.mean(0) @ direction) * scale / 2)
+    return loaded
+
+
+def _eager(clf, texts: list[str]) -> np.ndarray:
+    from trainer.transformer import predict_proba
+
+    return predict_proba(clf, texts, max_length=64, batch_size=1)  # one by one: no padding
+
+
+def test_fp32_scores_equal_the_eager_model_in_the_input_order(spread) -> None:
+    fast = FastClassifier.from_classifier(spread, max_length=64, method="fp32")
+    eager = _eager(spread, REVIEWS)
+    assert eager.max() - eager.min() > 0.5  # distinct scores: a swap would show
+    # Same weights and arithmetic; only padding within sorted batches differs.
+    np.testing.assert_allclose(fast.predict_proba(REVIEWS, batch_size=3), eager, atol=1e-5)
+
+
+def test_int8_scores_stay_close_to_the_eager_model(clf) -> None:
+    fast = FastClassifier.from_classifier(clf, max_length=64, method="int8")
+    assert fast.method == "int8"
+    eager = _eager(clf, REVIEWS)
+    ours = fast.predict_proba(REVIEWS)
+    # int8 rounds each weight and activation to 1/255 of its tensor's range; summed over the
+    # dozen Linear layers that moves this model's logit gap (about 0.02) by a few percent of it
+    # at most, i.e. under 1e-3, and a probability by a quarter of that (observed: 3e-5).
+    gap_eager, gap_ours = np.log(eager / (1 - eager)), np.log(ours / (1 - ours))
+    np.testing.assert_allclose(gap_ours, gap_eager, atol=1e-3)
+    assert fast.predict_proba(REVIEWS).tolist() == ours.tolist()  # deterministic
+
+
+def test_scores_follow_their_reviews_when_the_order_changes(spread) -> None:
+    fast = FastClassifier.from_classifier(spread, max_length=64, method="fp32")
+    perm = np.random.default_rng(0).permutation(len(REVIEWS))
+    whole = fast.predict_proba(REVIEWS, batch_size=2)
+    shuffled = fast.predict_proba([REVIEWS[i] for i in perm], batch_size=2)
+    alone = [fast.predict_proba([text])[0] for text in REVIEWS]
+    # Padding (masked) changes the float summation order only: 1e-5, far below the 0.01 that
+    # separates the two closest scores.
+    np.testing.assert_allclose(shuffled, whole[perm], atol=1e-5)
+    np.testing.assert_allclose(alone, whole, atol=1e-5)
+
+
+def test_int8_scores_a_review_the_same_alone_or_in_a_batch(clf) -> None:
+    fast = FastClassifier.from_classifier(clf, max_length=64, method="int8")
+    whole = fast.predict_proba(REVIEWS, batch_size=4)
+    alone = [fast.predict_proba([text])[0] for text in REVIEWS]
+    # int8 scales activations per batch, so neighbours may move a score, within the bound above.
+    np.testing.assert_allclose(alone, whole, atol=2.5e-4)
+
+
+def test_the_source_classifier_is_left_unchanged(clf) -> None:
+    before = _eager(clf, REVIEWS)
+    FastClassifier.from_classifier(clf, max_length=64, method="int8")
+    assert type(clf.model.classifier) is torch.nn.Linear
+    np.testing.assert_array_equal(_eager(clf, REVIEWS), before)
+
+
+def test_no_reviews_give_no_scores_and_a_bad_method_is_named(clf) -> None:
+    fast = FastClassifier.from_classifier(clf, max_length=64)
+    assert fast.method in ("int8", "fp32")
+    assert fast.predict_proba([]).shape == (0,)
+    with pytest.raises(ValueError, match="onnx"):
+        FastClassifier.from_classifier(clf, max_length=64, method="onnx")

@@ -1,0 +1,134 @@
+"""The fast fine-tuning loop on a tiny random BERT, on the CPU."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from trainer import loop
+
+PARAMS = {"learning_rate": 5e-3, "warmup_ratio": 0.1, "num_train_epochs": 2,
+          "per_device_train_batch_size": 4, "weight_decay": 0.01}
+
+
+def _task(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Separable reviews: positives say "wonderful" thrice, negatives "dreadful", with filler words."""
+    rng = np.random.default_rng(seed)
+    filler = ["the", "a", "movie", "film", "plot", "actor", "scene", "story", "it", "was", "and"]
+    labels = rng.integers(0, 2, n)
+    texts = []
+    for y in labels:
+        words = list(rng.choice(filler, int(rng.integers(3, 40))))
+        for _ in range(3):
+            words.insert(int(rng.integers(0, len(words))), "wonderful" if y else "dreadful")
+        texts.append(" ".join(words))
+    return texts, labels
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and OpenMP threads thrash on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def clf(tiny_model_dir: str):
+    from trainer.transformer import load_classifier
+
+    return load_classifier(tiny_model_dir, device="cpu")
+
+
+def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean((probs >= 0.5) == (labels == 1)))
+
+
+def test_plan_batches_covers_every_row_once_within_the_token_budget() -> None:
+    lengths = np.random.default_rng(0).integers(1, 513, 1000)
+    plan = loop.plan_batches(lengths, 4096, 512, np.random.default_rng(1))
+    rows = np.concatenate(plan)
+    assert sorted(rows.tolist()) == list(range(1000))
+    for batch in plan:
+        width = min(-(-int(lengths[batch].max()) // 64) * 64, 512)
+        assert len(batch) * width <= 4096
+        assert int(lengths[batch].min()) > width - 64  # one bucket: at most 63 pad tokens a row
+
+
+def test_encode_pads_to_a_multiple_of_64_and_keeps_true_lengths(clf) -> None:
+    encoded = loop.encode(clf.tokenizer, ["short", "a bit longer review " * 40], max_length=100)
+    assert encoded.ids.shape == (2, 100)  # 102 tokens round up to 128, capped at max_length
+    assert encoded.lengths[0] == 3 and encoded.lengths[1] == 100
+    assert (encoded.ids[0, 3:] == encoded.pad_id).all()
+
+
+def test_predict_fast_matches_the_plain_padded_forward(clf) -> None:
+    from trainer.transformer import predict_proba
+
+    texts, _ = _task(40, seed=3)
+    plain = predict_proba(clf, texts, max_length=64, batch_size=7)
+    fast = loop.predict_fast(clf.model, clf.tokenizer, texts, max_length=64, tokens_per_batch=512)
+    # Same fp32 arithmetic; only the padding width and the mask's form differ.
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
+
+
+def test_train_fast_reports_each_epoch_and_learns_a_separable_task(clf) -> None:
+    texts, labels = _task(320, seed=1)
+    val_texts, val_labels = _task(48, seed=2)
+    before = loop.predict_fast(clf.model, clf.tokenizer, val_texts, max_length=64)
+    calls: list[tuple[int, np.ndarray]] = []
+    model = loop.train_fast(clf.model, clf.tokenizer, texts, labels, val_texts, val_labels, PARAMS,
+                            max_length=64, seed=0, on_epoch=lambda e, p: calls.append((e, p)))
+    assert [epoch for epoch, _ in calls] == [1, 2]
+    for _, probs in calls:
+        assert probs.shape == (48,) and np.isfinite(probs).all()
+        assert ((probs >= 0) & (probs <= 1)).all()
+    assert not model.training
+    assert _accuracy(calls[-1][1], val_labels) >= 0.9 > _accuracy(before, val_labels)
+
+
+def test_train_fast_maps_labels_to_the_positive_index(clf) -> None:
+    texts, labels = _task(320, seed=4)
+    loop.train_fast(clf.model, clf.tokenizer, texts, labels, [], [], PARAMS, max_length=64,
+                    seed=0, positive_index=0)
+    probs = loop.predict_fast(clf.model, clf.tokenizer, texts, max_length=64, positive_index=0)
+    assert _accuracy(probs, labels) >= 0.9
+
+
+def test_an_error_raised_in_on_epoch_propagates_unchanged(clf) -> None:
+    class Pruned(Exception):
+        pass
+
+    calls = []
+
+    def prune(epoch: int, probs: np.ndarray) -> None:
+        calls.append(epoch)
+        raise Pruned
+
+    texts, labels = _task(32, seed=5)
+    with pytest.raises(Pruned):
+        loop.train_fast(clf.model, clf.tokenizer, texts, labels, texts[:8], labels[:8], PARAMS,
+                        max_length=64, seed=0, on_epoch=prune)
+    assert calls == [1]
+
+
+def test_a_nan_loss_raises_training_diverged(clf) -> None:
+    from trainer.transformer import TrainingDiverged
+
+    with torch.no_grad():
+        clf.model.classifier.weight.fill_(float("nan"))
+    texts, labels = _task(32, seed=6)
+    with pytest.raises(TrainingDiverged, match="lower the learning rate"):
+        loop.train_fast(clf.model, clf.tokenizer, texts, labels, [], [], PARAMS, max_length=64,
+                        seed=0)
+
+
+def test_missing_parameters_are_named(clf) -> None:
+    from trainer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="warmup_ratio"):
+        loop.train_fast(clf.model, clf.tokenizer, ["x"], [1], [], [], {"learning_rate": 1e-3,
+                        "num_train_epochs": 1, "per_device_train_batch_size": 1,
+                        "weight_decay": 0.0}, max_length=16, seed=0)

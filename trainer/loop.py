@@ -1,0 +1,388 @@
+"""A fast fine-tuning loop: tokenise once, token-budget length buckets, bf16, fused AdamW."""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PAD_MULTIPLE = 64  # batches are padded to a multiple of this: few distinct shapes, little padding
+NAN_CHECK_EVERY = 50  # steps between the only host syncs of training: a finite-loss check
+CUDA_MIN_TOKENS = 32_768  # per step on a GPU: large enough that kernel launches stop dominating
+EVAL_TOKEN_FACTOR = 4  # evaluation batches hold this many times the training token budget
+MAX_LR_SCALE = 4.0  # cap on the square-root learning-rate scaling for larger batches
+COMPILE_ON_CUDA = False  # torch.compile's default on CUDA, set from bench/gpu.sh measurements
+_CACHE_SIZE = 4
+_cache: dict[tuple, Encoded] = {}
+
+
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """Token ids of many texts, tokenised once: a pad-filled [n, width] matrix and true lengths."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, chunk: int = 4096) -> Encoded:
+    """Tokenise texts once without padding (fast tokenizer, batched); cached per process.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (a fast one is much quicker).
+        texts: the reviews.
+        max_length: tokens kept per text, special tokens included.
+        chunk: texts per tokenizer call (bounds the Python lists held at once).
+
+    Returns:
+        The ids padded to the longest text's length rounded up to PAD_MULTIPLE (at most
+        max_length), and each text's length.
+    """
+    texts = [str(t) for t in texts]
+    key = _cache_key(tokenizer, texts, max_length)
+    if key in _cache:
+        return _cache[key]
+    rows: list[list[int]] = []
+    for start in range(0, len(texts), chunk):
+        rows += tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length,
+                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = min(_round_up(int(lengths.max(initial=1)), PAD_MULTIPLE), max_length)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int32)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = row
+    encoded = Encoded(ids, lengths, int(pad_id))
+    if len(_cache) >= _CACHE_SIZE:
+        _cache.pop(next(iter(_cache)))
+    _cache[key] = encoded
+    return encoded
+
+
+def _cache_key(tokenizer: Any, texts: list[str], max_length: int) -> tuple:
+    digest = hashlib.sha1(usedforsecurity=False)
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return (getattr(tokenizer, "name_or_path", ""), len(tokenizer), max_length, digest.hexdigest())
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def plan_batches(lengths: np.ndarray, tokens_per_batch: int, width: int,
+                 rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """Group rows into batches of similar length that hold about tokens_per_batch padded tokens.
+
+    Args:
+        lengths: each row's token count.
+        tokens_per_batch: padded tokens per batch (batch size x padded length).
+        width: the widest a batch may be padded to.
+        rng: shuffles rows within each length bucket and the order of the batches; None keeps
+            a deterministic order (for evaluation).
+
+    Returns:
+        Row indices per batch; every row appears exactly once.
+    """
+    padded = np.minimum(_round_up_array(lengths, PAD_MULTIPLE), width)
+    batches: list[np.ndarray] = []
+    for size in np.unique(padded):
+        members = np.flatnonzero(padded == size)
+        if rng is not None:
+            members = rng.permutation(members)
+        per_batch = max(1, tokens_per_batch // int(size))
+        batches += np.array_split(members, math.ceil(len(members) / per_batch))
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def _round_up_array(values: np.ndarray, multiple: int) -> np.ndarray:
+    return -(-np.asarray(values, dtype=np.int64) // multiple) * multiple
+
+
+class _Batches:
+    """The encoded rows on the training device once; batches are gathered there, not copied."""
+
+    def __init__(self, encoded: Encoded, device: torch.device, sdpa: bool) -> None:
+        pin = device.type == "cuda"
+        self.ids = _to_device(torch.from_numpy(encoded.ids).long(), device, pin)
+        self.lengths_host = encoded.lengths
+        self.lengths = _to_device(torch.from_numpy(encoded.lengths), device, pin)
+        self.device, self.sdpa = device, sdpa
+        self.width = encoded.ids.shape[1]
+
+    def upload(self, plan: list[np.ndarray]) -> list[torch.Tensor]:
+        """One host-to-device copy of an epoch's row indices, split into per-batch views."""
+        flat = torch.from_numpy(np.concatenate(plan).astype(np.int64))
+        flat = _to_device(flat, self.device, self.device.type == "cuda")
+        return list(torch.split(flat, [len(b) for b in plan]))
+
+    def inputs(self, rows_host: np.ndarray, rows: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """input_ids and an attention mask for one batch (None when nothing is padded)."""
+        lengths = self.lengths_host[rows_host]
+        size = min(_round_up(int(lengths.max()), PAD_MULTIPLE), self.width)
+        ids = self.ids[rows, :size]
+        if int(lengths.min()) == size:
+            return {"input_ids": ids, "attention_mask": None}
+        keep = torch.arange(size, device=self.device) < self.lengths[rows, None]
+        # A 4-D boolean mask goes to SDPA as is: transformers skips its own mask building,
+        # which would check the mask's contents on the host (a device sync) every step.
+        mask = keep[:, None, None, :] if self.sdpa else keep.long()
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device, pin: bool) -> torch.Tensor:
+    if pin:
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def train_fast(model: Any, tokenizer: Any, train_texts: Sequence[str], train_labels: Sequence[int],
+               val_texts: Sequence[str], val_labels: Sequence[int], params: dict, *,
+               max_length: int, seed: int,
+               on_epoch: Callable[[int, np.ndarray], None] | None = None,
+               device: str | None = None, progress: bool = False, compile: bool | None = None,
+               positive_index: int = 1,
+               on_step: Callable[[int, int], None] | None = None) -> Any:
+    """Fine-tune a sequence classifier with length-bucketed token-budget batches.
+
+    bf16 autocast (fp32 master weights) and fused AdamW on CUDA; plain fp32 on a CPU. The
+    learning rate is scaled by sqrt(mean batch / per_device_train_batch_size) (at most
+    MAX_LR_SCALE times) when token-budget batches hold more reviews than that batch size.
+
+    Args:
+        model: a Hugging Face sequence-classification model with two labels.
+        tokenizer: its tokenizer.
+        train_texts: training reviews.
+        train_labels: 0 negative, 1 positive.
+        val_texts: validation reviews scored after every epoch (may be empty: no scoring).
+        val_labels: their labels (kept for symmetry with fine_tune; the caller scores them).
+        params: learning_rate, warmup_ratio, num_train_epochs, per_device_train_batch_size,
+            weight_decay, and optionally tokens_per_batch (padded tokens per step).
+        max_length: tokens kept per review.
+        seed: seeds shuffling and dropout.
+        on_epoch: on_epoch(epoch, validation positive-class probabilities), epochs from 1;
+            whatever it raises (e.g. optuna.TrialPruned) propagates unchanged.
+        device: "cuda", "cpu", ...; CUDA when available if None.
+        progress: show a tqdm bar over the steps.
+        compile: torch.compile the model; None means COMPILE_ON_CUDA on CUDA, off on a CPU.
+        positive_index: the head's output index of the positive class.
+        on_step: on_step(step, reviews in that step) after every optimizer step (for timing).
+
+    Returns:
+        The trained model, in eval mode, on the device.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (checked every NAN_CHECK_EVERY steps).
+        ConfigError: a parameter is missing or out of range, or texts and labels differ in number.
+    """
+    hp = _check_params(params, len(train_texts), len(train_labels))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(seed)
+    model.to(dev).train()
+    data = _Batches(encode(tokenizer, train_texts, max_length=max_length), dev, _is_sdpa(model))
+    targets = _targets(train_labels, positive_index, dev)
+    budget = _tokens_per_batch(hp, max_length, dev)
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = len(plan_batches(data.lengths_host, budget, data.width))
+    lr = hp["learning_rate"] * _lr_scale(len(train_texts) / steps_per_epoch, hp)
+    total = steps_per_epoch * hp["num_train_epochs"]
+    optimizer, scheduler = _optimizer(model, lr, hp, total, dev)
+    loop = _Loop(data, targets, _compiled(model, dev, compile), optimizer, scheduler,
+                 _autocast(dev), lr, _bar(total, progress), on_step)
+    for epoch in range(1, hp["num_train_epochs"] + 1):
+        loop.epoch(plan_batches(data.lengths_host, budget, data.width, rng))
+        if on_epoch is not None and len(val_texts):
+            on_epoch(epoch, predict_fast(model, tokenizer, val_texts, max_length=max_length,
+                                         positive_index=positive_index, device=str(dev),
+                                         tokens_per_batch=budget * EVAL_TOKEN_FACTOR))
+            model.train()
+    loop.bar.close()
+    return model.eval()
+
+
+@dataclass
+class _Loop:
+    """One optimizer step per batch; the loss stays on the device between finite checks."""
+
+    data: _Batches
+    targets: torch.Tensor
+    forward: Any
+    optimizer: Any
+    scheduler: Any
+    amp: Any
+    lr: float
+    bar: Any
+    on_step: Callable[[int, int], None] | None
+    step: int = 0
+
+    def epoch(self, plan: list[np.ndarray]) -> None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        loss_sum = torch.zeros((), device=self.data.device)
+        for i, (rows_host, rows) in enumerate(zip(plan, self.data.upload(plan), strict=True)):
+            with self.amp:
+                logits = self.forward(**self.data.inputs(rows_host, rows)).logits
+            loss = F.cross_entropy(logits.float(), self.targets[rows])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            self.step += 1
+            if (i + 1) % NAN_CHECK_EVERY == 0 or i + 1 == len(plan):
+                self._check_finite(loss_sum, i + 1)
+            self.bar.update(1)
+            if self.on_step is not None:
+                self.on_step(self.step, len(rows_host))
+
+    def _check_finite(self, loss_sum: torch.Tensor, count: int) -> None:
+        value = float(loss_sum.item())  # the one host sync in NAN_CHECK_EVERY steps
+        if not math.isfinite(value):
+            from trainer.transformer import TrainingDiverged
+
+            raise TrainingDiverged(
+                f"training diverged: the loss became {value} by step {self.step} with learning "
+                f"rate {self.lr:g}; expected a finite loss: lower the learning rate"
+            )
+        self.bar.set_postfix(loss=f"{value / count:.4f}", refresh=False)
+
+
+def _check_params(params: dict, n_texts: int, n_labels: int) -> dict[str, Any]:
+    from trainer.errors import ConfigError
+
+    required = ("learning_rate", "warmup_ratio", "num_train_epochs",
+                "per_device_train_batch_size", "weight_decay")
+    missing = [k for k in required if k not in params]
+    if missing:
+        raise ConfigError(f"train_fast needs the parameters {missing}; got {sorted(params)}")
+    if n_texts != n_labels or n_texts == 0:
+        raise ConfigError(f"expected one label per training text and at least one text, got "
+                          f"{n_texts} texts and {n_labels} labels")
+    hp = {**params, "num_train_epochs": int(params["num_train_epochs"]),
+          "per_device_train_batch_size": int(params["per_device_train_batch_size"])}
+    ok = (hp["learning_rate"] > 0 and 0 <= hp["warmup_ratio"] <= 1 and hp["num_train_epochs"] >= 1
+          and hp["per_device_train_batch_size"] >= 1 and hp["weight_decay"] >= 0
+          and int(hp.get("tokens_per_batch", 1)) >= 1)
+    if not ok:
+        raise ConfigError(f"a fine-tuning parameter is out of range in {params}; expected a "
+                          f"positive learning rate and batch size, warmup_ratio in [0, 1]")
+    return hp
+
+
+def _is_sdpa(model: Any) -> bool:
+    return getattr(model.config, "_attn_implementation", None) == "sdpa"
+
+
+def _targets(labels: Sequence[int], positive_index: int, device: torch.device) -> torch.Tensor:
+    y = np.asarray(labels, dtype=np.int64)
+    mapped = np.where(y == 1, positive_index, 1 - positive_index)
+    return torch.from_numpy(mapped).to(device)
+
+
+def _tokens_per_batch(hp: dict[str, Any], max_length: int, device: torch.device) -> int:
+    if hp.get("tokens_per_batch"):
+        return max(int(hp["tokens_per_batch"]), max_length)
+    budget = hp["per_device_train_batch_size"] * max_length
+    return max(budget, CUDA_MIN_TOKENS) if device.type == "cuda" else budget
+
+
+def _lr_scale(mean_batch: float, hp: dict[str, Any]) -> float:
+    ratio = mean_batch / hp["per_device_train_batch_size"]
+    return min(math.sqrt(ratio), MAX_LR_SCALE) if ratio > 1 else 1.0
+
+
+def _optimizer(model: Any, lr: float, hp: dict[str, Any], total: int,
+               device: torch.device) -> tuple[Any, Any]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            # As the HF Trainer: no weight decay on biases and LayerNorm weights.
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": hp["weight_decay"]},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(groups, lr=lr, **fused)
+    warmup = int(hp["warmup_ratio"] * total)
+
+    def linear(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
+
+
+def _compiled(model: Any, device: torch.device, compile: bool | None) -> Any:
+    use = COMPILE_ON_CUDA if compile is None and device.type == "cuda" else bool(compile)
+    # dynamic=None: the first recompile marks the changed dimension dynamic, so the few
+    # bucket widths and batch sizes cost two or three compilations, not one each.
+    return torch.compile(model) if use else model
+
+
+def _autocast(device: torch.device) -> Any:
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _bar(total: int, progress: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not progress, desc="train", unit="step")
+
+
+def predict_fast(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int,
+                 positive_index: int = 1, device: str | None = None,
+                 tokens_per_batch: int = 65_536) -> np.ndarray:
+    """Positive-class probabilities in large length-sorted batches (bf16 autocast on CUDA).
+
+    Args:
+        model: a sequence classifier.
+        tokenizer: its tokenizer.
+        texts: the reviews.
+        max_length: tokens kept per review.
+        positive_index: the head's output index of the positive class.
+        device: where the model runs; its parameters' device when None.
+        tokens_per_batch: padded tokens per forward pass.
+
+    Returns:
+        float64 probabilities in the order of texts.
+    """
+    dev = torch.device(device) if device else next(model.parameters()).device
+    if not len(texts):
+        return np.empty(0, dtype=np.float64)
+    data = _Batches(encode(tokenizer, texts, max_length=max_length), dev, _is_sdpa(model))
+    plan = plan_batches(data.lengths_host, tokens_per_batch, data.width)
+    out = torch.empty(len(texts), dtype=torch.float32, device=dev)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), _autocast(dev):
+        for rows_host, rows in zip(plan, data.upload(plan), strict=True):
+            logits = model(**data.inputs(rows_host, rows)).logits.float()
+            out[rows] = torch.softmax(logits, dim=-1)[:, positive_index]
+    model.train(was_training)
+    return out.cpu().numpy().astype(np.float64)
+
+
+def timed(fn: Callable[[], Any], device: torch.device | str) -> tuple[Any, float]:
+    """Run fn and return (its result, seconds), synchronising CUDA on both sides."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
