@@ -283,6 +283,29 @@ def test_fine_tune_stops_when_the_loss_becomes_nan(
     assert calls == []  # stopped in the first epoch, before any evaluation
 
 
+@pytest.mark.parametrize("engine", ["hf", "fast"])
+def test_both_training_engines_keep_the_fine_tune_contract(
+    engine: str, tiny_model_dir: str, tmp_path: Path
+) -> None:
+    texts, labels = synthetic_reviews(16)
+    calls: list[tuple[int, np.ndarray]] = []
+    trained = transformer.fine_tune(
+        tiny_model_dir, texts, labels, texts[:6], labels[:6], PARAMS, max_length=16,
+        output_dir=tmp_path, seed=0, device="cpu", engine=engine,
+        on_epoch=lambda epoch, probs: calls.append((epoch, probs)))
+    assert [epoch for epoch, _ in calls] == list(range(1, PARAMS["num_train_epochs"] + 1))
+    assert not trained.model.training and trained.new_head is False
+    again = transformer.predict_proba(trained, texts[:6], max_length=16)
+    np.testing.assert_allclose(calls[-1][1], again, atol=1e-5)
+
+
+def test_an_unknown_training_engine_is_refused(tiny_model_dir: str, tmp_path: Path) -> None:
+    texts, labels = synthetic_reviews(4)
+    with pytest.raises(ConfigError, match="unknown training engine 'turbo'"):
+        transformer.fine_tune(tiny_model_dir, texts, labels, texts, labels, PARAMS,
+                              max_length=16, output_dir=tmp_path, seed=0, engine="turbo")
+
+
 def test_fine_tune_rejects_unknown_parameters(tiny_model_dir: str, tmp_path: Path) -> None:
     texts, labels = synthetic_reviews(4)
     with pytest.raises(ConfigError, match="learning_rat"):
