@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import cpu_name
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PAGES = ("overview", "study", "evaluation", "live")
@@ -30,19 +31,6 @@ IMDB_TEST = ROOT.parent / "shared" / "data" / "imdb" / "test.parquet"
 DEFAULT_DB = Path("/tmp/sentiment-bench/dashboard.db")
 REVIEW = ("I expected little from this film, but the cast is wonderful and the story moving; "
           "only the ending drags a bit. " * 8)
-
-
-def cpu_model() -> str:
-    """The CPU's model name and how many cores this process may use."""
-    name = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} {len(os.sched_getaffinity(0))} cores"
 
 
 def build(url: str, folder: Path) -> None:
@@ -113,7 +101,7 @@ def main() -> int:
     os.environ["SENTIMENT_DB"] = url
     for page in PAGES:  # import every library once, so cold renders time the page itself
         open_page(page).run()
-    device = cpu_model()
+    device = cpu_name()
     for page in PAGES:
         times = measure(page, args.repeats)
         slowest = max(v for k, v in times.items() if k != "cold" and "loads" not in k)

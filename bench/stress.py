@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgresql")
@@ -198,21 +200,6 @@ def _count(config: Any) -> dict[str, int]:
     storage.engine.dispose()
     return {"complete": states.count(TrialState.COMPLETE), "failed": states.count(TrialState.FAIL),
             "running": states.count(TrialState.RUNNING), "rows": rows}
-
-
-def cpu_name() -> str:
-    """The CPU's model name and the cores this process may use: "<model>, 2 cores"."""
-    import platform
-
-    name = platform.processor() or platform.machine() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
 if __name__ == "__main__":
