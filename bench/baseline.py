@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench baseline", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    from trainer.data import load_imdb, stratified_subset
+    from trainer.data import load_imdb
+    from trainer.splits import stratified_subset
 
     data = load_imdb(args.data)
     train = stratified_subset(data.train, args.train_size, args.seed)

@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Measure both sides on the same reviews, interleaved so a busy machine slows both alike."""
     import torch
 
-    from trainer.data import load_imdb, stratified_subset
+    from trainer.data import load_imdb
     from trainer.inference import FastClassifier
+    from trainer.splits import stratified_subset
 
     data = load_imdb(args.data)
     clf, tuned = sentiment_model(args.model, data, args)
@@ -103,8 +104,8 @@ def sentiment_model(name: str, data: Any, args: argparse.Namespace
     cached = CACHE / f"finetuned-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if (cached / "config.json").exists():
         return load_classifier(str(cached), device="cpu"), tuned
-    from trainer.data import stratified_subset
     from trainer.loop import train_fast
+    from trainer.splits import stratified_subset
 
     train = stratified_subset(data.train, args.finetune_size, args.seed)
     train_fast(clf.model, clf.tokenizer, train.texts, train.labels, [], [], params,

@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.only == "ours" and not args.peer_json:
         parser.error("--only ours needs --peer-json with the peer's figures")
-    from trainer.data import load_imdb, stratified_subset
+    from trainer.data import load_imdb
+    from trainer.splits import stratified_subset
     from trainer.transformer import default_device, free_memory, resolve_model
 
     args.device = args.device or default_device()

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from storage import Predictions, Run, RunSpec
 from trainer.config import Config
-from trainer.data import Dataset, Split, load_imdb, stratified_subset, train_validation
+from trainer.data import load_imdb
 from trainer.errors import TrainerError
 from trainer.metrics import evaluate
+from trainer.splits import Dataset, Split, stratified_subset, train_validation
 
 log = logging.getLogger(__name__)
 

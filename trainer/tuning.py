@@ -30,9 +30,9 @@ import optuna
 
 from storage.records import Evaluation, Predictions, RunSpec
 from trainer.config import Config
-from trainer.data import Split
 from trainer.errors import ConfigError, TrainerError
 from trainer.metrics import evaluate
+from trainer.splits import Split
 from trainer.workers import keep_best_artifacts, optuna_storage, ranked, study_dir_name
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trainer.data import DataError, Split, load_imdb, stratified_subset, train_validation
+from trainer.data import DataError, load_imdb
+from trainer.splits import Split, stratified_subset, train_validation
 
 # Reviews as aclImdb holds them: (review number, rating, text); texts hold the awkward cases.
 REVIEWS = {

@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 from storage.store import open_store
 from trainer import transformer, tuning, workers
 from trainer.config import Config
-from trainer.data import Split
 from trainer.errors import ConfigError, TrainerError
+from trainer.splits import Split
 
 POSITIVE = ["great", "wonderful", "superb", "loved", "brilliant", "moving"]
 NEGATIVE = ["awful", "boring", "terrible", "hated", "dull", "weak"]

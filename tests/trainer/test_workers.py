@@ -81,7 +81,7 @@ import trainer  # noqa: E402
 from storage.store import open_store  # noqa: E402
 from trainer import tuning  # noqa: E402
 from trainer.config import Config  # noqa: E402
-from trainer.data import Split  # noqa: E402
+from trainer.splits import Split  # noqa: E402
 
 trainer.transformer = fake
 tuning.make_pruner = optuna.pruners.NopPruner
