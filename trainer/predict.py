@@ -15,6 +15,8 @@ from trainer.errors import TrainerError
 
 MAX_REVIEW_CHARS = 20_000
 REF_HELP = "baseline, pretrained, final, trial:N or run:ID"
+REF_STAGES = {"baseline": "baseline", "pretrained": "pretrained", "final": "finetuned",
+              "trial": "trial"}
 
 
 class Predictor(Protocol):
@@ -96,17 +98,16 @@ def resolve_ref(store, ref: str, study: str | None = None) -> Run:
     kind, _, arg = ref.partition(":")
     if kind == "run" and arg.isdigit():
         return store.get_run(int(arg))
-    stage = {"baseline": "baseline", "pretrained": "pretrained", "final": "finetuned",
-             "trial": "trial"}.get(kind)
-    if stage is None or (kind == "trial") != bool(arg) or (arg and not arg.isdigit()):
+    stage = REF_STAGES.get(kind)
+    if stage is None or (kind == "trial") != arg.isdigit() or (kind != "trial" and arg):
         raise TrainerError(f"unknown model reference {ref!r}; use {REF_HELP}")
-    runs = [r for r in store.list_runs(stage=stage) if r.spec.artifact
-            and (study is None or stage == "baseline" or stage == "pretrained"
-                 or r.spec.study == study)
+    per_study = stage in ("finetuned", "trial") and study is not None
+    runs = [r for r in store.list_runs(stage=stage)
+            if r.spec.artifact and (not per_study or r.spec.study == study)
             and (not arg or r.spec.trial == int(arg))]
     if not runs:
-        raise TrainerError(f"no stored {ref} model yet; run `python -m trainer "
-                           f"{ {'finetuned': 'final', 'trial': 'tune'}.get(stage, stage)}` first")
+        command = {"finetuned": "final", "trial": "tune"}.get(stage, stage)
+        raise TrainerError(f"no stored {ref} model yet; run `python -m trainer {command}` first")
     return runs[-1]
 
 
