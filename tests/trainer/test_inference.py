@@ -65,14 +65,15 @@ def test_fp32_scores_equal_the_eager_model_in_the_input_order(spread) -> None:
     np.testing.assert_allclose(fast.predict_proba(REVIEWS, batch_size=3), eager, atol=1e-5)
 
 
-def test_int8_scores_stay_close_to_the_eager_model(clf) -> None:
-    fast = FastClassifier.from_classifier(clf, max_length=64, method="int8")
-    assert fast.method == "int8"
+@pytest.mark.parametrize("method", ["int8", "bf16"])
+def test_reduced_precision_scores_stay_close_to_the_eager_model(clf, method: str) -> None:
+    fast = FastClassifier.from_classifier(clf, max_length=64, method=method)
+    assert fast.method == method and fast.graphs is not None
     eager = _eager(clf, REVIEWS)
     ours = fast.predict_proba(REVIEWS)
-    # int8 rounds each weight and activation to 1/255 of its tensor's range; summed over the
-    # dozen Linear layers that moves this model's logit gap (about 0.02) by a few percent of it
-    # at most, i.e. under 1e-3, and a probability by a quarter of that (observed: 3e-5).
+    # int8 rounds each weight and activation to 1/255 of its range, bf16 each value to 1/256 of
+    # itself; summed over the dozen Linear layers that moves this model's logit gap (about
+    # 0.02) by a few percent of it at most: under 1e-3 (observed: 1e-4).
     gap_eager, gap_ours = np.log(eager / (1 - eager)), np.log(ours / (1 - ours))
     np.testing.assert_allclose(gap_ours, gap_eager, atol=1e-3)
     assert fast.predict_proba(REVIEWS).tolist() == ours.tolist()  # deterministic
@@ -96,6 +97,18 @@ def test_int8_scores_a_review_the_same_alone_or_in_a_batch(clf) -> None:
     alone = [fast.predict_proba([text])[0] for text in REVIEWS]
     # int8 scales activations per batch, so neighbours may move a score, within the bound above.
     np.testing.assert_allclose(alone, whole, atol=2.5e-4)
+
+
+@pytest.mark.parametrize(("flags", "full_range"), [({"avx512_vnni"}, True), ({"avx2"}, False)])
+def test_int8_keeps_8_bit_activations_only_where_vnni_makes_it_safe(
+        clf, monkeypatch: pytest.MonkeyPatch, flags: set, full_range: bool) -> None:
+    from trainer import inference
+
+    monkeypatch.setattr(inference, "_cpu_flags", lambda: flags)
+    fast = FastClassifier.from_classifier(clf, max_length=64, method="int8")
+    layer = fast.model.bert.encoder.layer[0].intermediate.dense
+    assert isinstance(layer, inference._FullRangeLinear) is full_range
+    assert layer.weight().qscheme() == torch.per_channel_affine
 
 
 def test_the_source_classifier_is_left_unchanged(clf) -> None:
