@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -95,8 +97,25 @@ def _sqlite_on_connect(dbapi_conn: Any, record: Any, *, wal: bool) -> None:
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_S * 1000}")
     cursor.execute("PRAGMA foreign_keys = ON")
     if wal:
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
     cursor.close()
+
+
+def _switch_to_wal(cursor: Any, attempts: int = 40) -> None:
+    """Put the file in WAL mode (persistent), retrying while another process switches it.
+
+    Changing the journal mode needs an exclusive lock and SQLite does not always wait on the busy
+    handler for it, so two processes opening one new file can see "database is locked" at once.
+    """
+    for attempt in range(attempts):
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.05 * (attempt + 1), 0.5))
 
 
 def _sqlite_begin(conn: Connection) -> None:
