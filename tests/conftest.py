@@ -32,6 +32,18 @@ def imdb_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_imdb(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 train and 100 test real reviews, balanced, as parquet."""
+    import pandas as pd
+
+    out = tmp_path_factory.mktemp("small-imdb")
+    for split, n in (("train", 100), ("test", 50)):
+        frame = pd.read_parquet(imdb_dir / f"{split}.parquet")
+        frame.groupby("label").head(n).to_parquet(out / f"{split}.parquet")
+    return out
+
+
+@pytest.fixture(scope="session")
 def postgres_url() -> str:
     """A PostgreSQL URL from TEST_DATABASE_URL."""
     url = os.environ.get("TEST_DATABASE_URL")

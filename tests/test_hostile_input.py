@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import pandas as pd
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -69,16 +68,6 @@ def _predictions(capsys: pytest.CaptureFixture[str], n: int) -> list[dict]:
         assert line["label"] in ("positive", "negative") and 0.5 <= line["score"] <= 1
         assert 0 <= line["p_positive"] <= 1 and line["model"].startswith("baseline")
     return lines
-
-
-@pytest.fixture(scope="module")
-def small_imdb(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """200 train and 100 test real reviews, balanced, as parquet."""
-    out = tmp_path_factory.mktemp("small-imdb")
-    for split, n in (("train", 100), ("test", 50)):
-        frame = pd.read_parquet(imdb_dir / f"{split}.parquet")
-        frame.groupby("label").head(n).to_parquet(out / f"{split}.parquet")
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,6 @@ from storage.store import open_store
 from trainer.cli import main
 
 
-@pytest.fixture(scope="module")
-def small_imdb(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """200 train and 100 test real reviews, balanced, as parquet."""
-    out = tmp_path_factory.mktemp("small-imdb")
-    for split, n in (("train", 100), ("test", 50)):
-        frame = pd.read_parquet(imdb_dir / f"{split}.parquet")
-        frame.groupby("label").head(n).to_parquet(out / f"{split}.parquet")
-    return out
-
-
 def _runs(db: str) -> list:
     with open_store(db) as store:
         return store.list_runs()
