@@ -113,7 +113,7 @@ def resolve_ref(store, ref: str, study: str | None = None) -> Run:
 
 class _BaselinePredictor:
     def __init__(self, run: Run) -> None:
-        from trainer.baseline import load_baseline
+        from trainer.baseline_io import load_baseline
 
         self.name = _label(run)
         self._model = load_baseline(run.spec.artifact)

@@ -80,7 +80,8 @@ def _artifact_dir(ctx: Context, name: str) -> Path:
 
 def baseline(ctx: Context) -> Run:
     """Stage 1: TF-IDF + logistic regression on the whole train split, scored on the whole test split."""
-    from trainer.baseline import save_baseline, train_baseline
+    from trainer.baseline import train_baseline
+    from trainer.baseline_io import save_baseline
 
     key = ctx.config.fingerprint("data", "seed")
     if (run := _done(ctx, "baseline", key)) is not None:
@@ -180,7 +181,7 @@ def _best_trial(study):
 
 def _final_model(ctx: Context, best, trial_dir: str | None) -> Path:
     """A copy of the best trial's saved model, or the model retrained with the best parameters."""
-    from trainer import transformer, tuning
+    from trainer import finetune, transformer, tuning
 
     target = _artifact_dir(ctx, f"{tuning.study_dir_name(ctx.config.study)}/final-t{best.number}")
     if (target / "config.json").exists():
@@ -191,10 +192,10 @@ def _final_model(ctx: Context, best, trial_dir: str | None) -> Path:
     log.info("the best trial's model was not kept; retraining it with its parameters")
     train, validation = ctx.tuning_splits()
     c = ctx.config
-    clf = transformer.fine_tune(transformer.resolve_model(c.model), train.texts, train.labels,
-                                validation.texts, validation.labels, best.params,
-                                max_length=c.max_length, output_dir=target / "work", seed=c.seed,
-                                progress=ctx.progress)
+    clf = finetune.fine_tune(transformer.resolve_model(c.model), train.texts, train.labels,
+                             validation.texts, validation.labels, best.params,
+                             max_length=c.max_length, output_dir=target / "work", seed=c.seed,
+                             progress=ctx.progress)
     transformer.save_classifier(clf, target)
     shutil.rmtree(target / "work", ignore_errors=True)
     return target

@@ -300,10 +300,12 @@ class _Objective:
             transformer.free_memory()
 
     def _train(self, transformer: Any, record: _TrialRecord) -> float:
+        from trainer import finetune
+
         c, train, val = self.config, self.train, self.validation
         with tempfile.TemporaryDirectory(prefix="sentiment-trial-",
                                          ignore_cleanup_errors=True) as work_dir:
-            clf = transformer.fine_tune(
+            clf = finetune.fine_tune(
                 transformer.resolve_model(c.model), train.texts, train.labels, val.texts,
                 val.labels, record.params, max_length=c.max_length, output_dir=work_dir,
                 seed=c.seed, on_epoch=record.on_epoch,

@@ -1,4 +1,4 @@
-"""Tests for the TF-IDF + logistic regression baseline (trainer.baseline)."""
+"""Tests for the TF-IDF + logistic regression baseline (trainer.baseline, .baseline_io)."""
 from __future__ import annotations
 
 import json
@@ -12,13 +12,9 @@ from scipy.special import logit
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from trainer import baseline
-from trainer.baseline import (
-    BaselineModel,
-    load_baseline,
-    save_baseline,
-    train_baseline,
-)
+from trainer import baseline, baseline_io
+from trainer.baseline import BaselineModel, train_baseline
+from trainer.baseline_io import load_baseline, save_baseline
 from trainer.errors import DataError, ModelError
 from trainer.text import clean
 
@@ -177,7 +173,7 @@ def _assert_one_sentence_model_error(directory: Path, *fragments: str) -> None:
         assert fragment in message
 
 
-@pytest.mark.parametrize("missing", [baseline.JSON_NAME, baseline.NPZ_NAME])
+@pytest.mark.parametrize("missing", [baseline_io.JSON_NAME, baseline_io.NPZ_NAME])
 def test_load_rejects_a_missing_file(saved: Path, missing: str) -> None:
     (saved / missing).unlink()
     _assert_one_sentence_model_error(saved, missing, "no such file")
@@ -188,32 +184,33 @@ def test_load_rejects_a_missing_directory(tmp_path: Path) -> None:
 
 
 def test_load_rejects_a_corrupt_npz(saved: Path) -> None:
-    (saved / baseline.NPZ_NAME).write_bytes(b"PK\x03\x04 not really a zip")
-    _assert_one_sentence_model_error(saved, baseline.NPZ_NAME)
+    (saved / baseline_io.NPZ_NAME).write_bytes(b"PK\x03\x04 not really a zip")
+    _assert_one_sentence_model_error(saved, baseline_io.NPZ_NAME)
 
 
 def test_load_rejects_a_truncated_npz(saved: Path) -> None:
-    data = (saved / baseline.NPZ_NAME).read_bytes()
-    (saved / baseline.NPZ_NAME).write_bytes(data[: len(data) // 2])
-    _assert_one_sentence_model_error(saved, baseline.NPZ_NAME)
+    data = (saved / baseline_io.NPZ_NAME).read_bytes()
+    (saved / baseline_io.NPZ_NAME).write_bytes(data[: len(data) // 2])
+    _assert_one_sentence_model_error(saved, baseline_io.NPZ_NAME)
 
 
 def test_load_never_unpickles_an_npz(saved: Path, model: BaselineModel) -> None:
     objects = np.array([object()] * len(model.vocabulary), dtype=object)
-    np.savez(saved / baseline.NPZ_NAME, idf=objects, coef=model.coef)  # pickles `idf`
+    np.savez(saved / baseline_io.NPZ_NAME, idf=objects, coef=model.coef)  # pickles `idf`
     _assert_one_sentence_model_error(saved, "allow_pickle=False")
 
 
 def test_load_rejects_arrays_that_do_not_fit_the_vocabulary(saved: Path) -> None:
-    np.savez(saved / baseline.NPZ_NAME, idf=np.ones(3), coef=np.ones(3))
+    np.savez(saved / baseline_io.NPZ_NAME, idf=np.ones(3), coef=np.ones(3))
     _assert_one_sentence_model_error(saved, "shape (3,)")
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "keras", "x": 1}),
-                                     json.dumps([1, 2]), json.dumps({"format": baseline.FORMAT})])
+                                     json.dumps([1, 2]),
+                                     json.dumps({"format": baseline_io.FORMAT})])
 def test_load_rejects_corrupt_or_foreign_json(saved: Path, content: str) -> None:
-    (saved / baseline.JSON_NAME).write_text(content, encoding="utf-8")
-    _assert_one_sentence_model_error(saved, baseline.JSON_NAME)
+    (saved / baseline_io.JSON_NAME).write_text(content, encoding="utf-8")
+    _assert_one_sentence_model_error(saved, baseline_io.JSON_NAME)
 
 
 @pytest.fixture(scope="module")

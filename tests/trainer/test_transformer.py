@@ -1,4 +1,6 @@
-"""Tests for trainer.transformer: loading, label mapping, prediction, fine-tuning, explanations."""
+"""Tests for trainer.transformer (loading, label mapping, prediction, explanations) and
+trainer.finetune (fine-tuning).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from trainer import transformer
+from trainer import finetune, transformer
 from trainer.errors import ConfigError, ModelError
 from trainer.explanation import Contribution
 
@@ -57,7 +59,7 @@ def tuned(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dict
     val_texts, val_labels = synthetic_reviews(10, seed=1)
     calls: list[tuple[int, np.ndarray]] = []
     work = tmp_path_factory.mktemp("work")
-    trained = transformer.fine_tune(
+    trained = finetune.fine_tune(
         tiny_model_dir, train_texts, train_labels, val_texts, val_labels, PARAMS,
         max_length=32, output_dir=work, seed=0, device="cpu",
         on_epoch=lambda epoch, probs: calls.append((epoch, probs.copy())),
@@ -244,7 +246,7 @@ def test_fine_tune_with_the_same_seed_gives_the_same_model(
 ) -> None:
     train_texts, train_labels = synthetic_reviews(32)
     calls: list[np.ndarray] = []
-    transformer.fine_tune(
+    finetune.fine_tune(
         tiny_model_dir, train_texts, train_labels, tuned["val_texts"], [0] * 10, PARAMS,
         max_length=32, output_dir=tmp_path, seed=0, device="cpu",
         on_epoch=lambda epoch, probs: calls.append(probs))
@@ -262,9 +264,9 @@ def test_fine_tune_propagates_what_on_epoch_raises(tiny_model_dir: str, tmp_path
 
     texts, labels = synthetic_reviews(8)
     with pytest.raises(Stop) as info:
-        transformer.fine_tune(tiny_model_dir, texts, labels, texts[:4], labels[:4], PARAMS,
-                              max_length=16, output_dir=tmp_path, seed=0, device="cpu",
-                              on_epoch=on_epoch)
+        finetune.fine_tune(tiny_model_dir, texts, labels, texts[:4], labels[:4], PARAMS,
+                           max_length=16, output_dir=tmp_path, seed=0, device="cpu",
+                           on_epoch=on_epoch)
     assert info.value is stop
 
 
@@ -277,9 +279,9 @@ def test_fine_tune_stops_when_the_loss_becomes_nan(
     calls = []
     texts, labels = synthetic_reviews(8)
     with pytest.raises(transformer.TrainingDiverged, match="lower the learning rate"):
-        transformer.fine_tune(tiny_model_dir, texts, labels, texts[:4], labels[:4], PARAMS,
-                              max_length=16, output_dir=tmp_path, seed=0, device="cpu",
-                              on_epoch=lambda *args: calls.append(args))
+        finetune.fine_tune(tiny_model_dir, texts, labels, texts[:4], labels[:4], PARAMS,
+                           max_length=16, output_dir=tmp_path, seed=0, device="cpu",
+                           on_epoch=lambda *args: calls.append(args))
     assert calls == []  # stopped in the first epoch, before any evaluation
 
 
@@ -289,7 +291,7 @@ def test_both_training_engines_keep_the_fine_tune_contract(
 ) -> None:
     texts, labels = synthetic_reviews(16)
     calls: list[tuple[int, np.ndarray]] = []
-    trained = transformer.fine_tune(
+    trained = finetune.fine_tune(
         tiny_model_dir, texts, labels, texts[:6], labels[:6], PARAMS, max_length=16,
         output_dir=tmp_path, seed=0, device="cpu", engine=engine,
         on_epoch=lambda epoch, probs: calls.append((epoch, probs)))
@@ -302,22 +304,22 @@ def test_both_training_engines_keep_the_fine_tune_contract(
 def test_an_unknown_training_engine_is_refused(tiny_model_dir: str, tmp_path: Path) -> None:
     texts, labels = synthetic_reviews(4)
     with pytest.raises(ConfigError, match="unknown training engine 'turbo'"):
-        transformer.fine_tune(tiny_model_dir, texts, labels, texts, labels, PARAMS,
-                              max_length=16, output_dir=tmp_path, seed=0, engine="turbo")
+        finetune.fine_tune(tiny_model_dir, texts, labels, texts, labels, PARAMS,
+                           max_length=16, output_dir=tmp_path, seed=0, engine="turbo")
 
 
 def test_fine_tune_rejects_unknown_parameters(tiny_model_dir: str, tmp_path: Path) -> None:
     texts, labels = synthetic_reviews(4)
     with pytest.raises(ConfigError, match="learning_rat"):
-        transformer.fine_tune(tiny_model_dir, texts, labels, texts, labels,
-                              {"learning_rat": 1e-3}, max_length=16, output_dir=tmp_path, seed=0)
+        finetune.fine_tune(tiny_model_dir, texts, labels, texts, labels,
+                           {"learning_rat": 1e-3}, max_length=16, output_dir=tmp_path, seed=0)
 
 
 @pytest.mark.parametrize(("ratio", "steps"), [(0.0, 0), (0.1, 10), (0.25, 25), (1.0, 100)])
 def test_warmup_ratio_is_a_share_of_the_total_steps(tmp_path: Path, ratio: float,
                                                     steps: int) -> None:
-    hp = transformer._hyperparameters({"warmup_ratio": ratio})
-    args = transformer._training_args(hp, tmp_path, seed=0, cuda=False, progress=False)
+    hp = finetune._hyperparameters({"warmup_ratio": ratio})
+    args = finetune._training_args(hp, tmp_path, seed=0, cuda=False, progress=False)
     assert args.get_warmup_steps(100) == steps
 
 
@@ -325,7 +327,7 @@ def test_warmup_ratio_is_a_share_of_the_total_steps(tmp_path: Path, ratio: float
                                     {"num_train_epochs": 0}, {"weight_decay": -1.0}])
 def test_out_of_range_parameters_are_refused(params: dict) -> None:
     with pytest.raises(ConfigError, match=next(iter(params))):
-        transformer._hyperparameters(params)
+        finetune._hyperparameters(params)
 
 
 def test_saved_classifier_loads_back_with_the_same_predictions(tuned: dict, tmp_path: Path) -> None:
@@ -382,7 +384,7 @@ def test_fine_tune_real_minilm_on_real_reviews(imdb_dir: Path, tmp_path: Path) -
     sample = frame.groupby("label").sample(40, random_state=0).sample(frac=1, random_state=0)
     texts, labels = sample["text"].tolist(), sample["label"].astype(int).tolist()
     calls = []
-    trained = transformer.fine_tune(
+    trained = finetune.fine_tune(
         "minilm-offline", texts[:64], labels[:64], texts[64:], labels[64:],
         {"num_train_epochs": 1, "per_device_train_batch_size": 16, "learning_rate": 5e-5},
         max_length=64, output_dir=tmp_path, seed=0, device="cpu",

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from storage.store import open_store
-from trainer import transformer, tuning, workers
+from trainer import finetune, transformer, tuning, workers
 from trainer.config import Config
 from trainer.errors import ConfigError, TrainerError
 from trainer.splits import Split
@@ -108,7 +108,7 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         One entry per call of free_memory (a full gc.collect takes a second with torch loaded).
     """
     freed: list[int] = []
-    monkeypatch.setattr(transformer, "fine_tune", fake_fine_tune)
+    monkeypatch.setattr(finetune, "fine_tune", fake_fine_tune)
     monkeypatch.setattr(transformer, "save_classifier", fake_save_classifier)
     monkeypatch.setattr(transformer, "free_memory", lambda: freed.append(1))
     monkeypatch.setattr(tuning, "make_pruner", optuna.pruners.NopPruner)
@@ -197,7 +197,7 @@ def test_ctrl_c_leaves_no_running_trial_and_resume_goes_on(
 
         return fake_fine_tune(*args, on_epoch=epoch_then_stop, **kwargs)
 
-    monkeypatch.setattr(transformer, "fine_tune", interrupted_in_second_epoch)
+    monkeypatch.setattr(finetune, "fine_tune", interrupted_in_second_epoch)
     for _ in range(5):  # each session: one trial finishes, the next is interrupted
         with pytest.raises(KeyboardInterrupt):
             tuning.tune(config, TRAIN, VALIDATION, store, n_trials=3, progress=False)
@@ -272,7 +272,7 @@ def test_diverged_or_out_of_memory_trial_fails_with_reason_and_study_goes_on(
             raise failures[calls["n"] - 1]
         return fake_fine_tune(*args, **kwargs)
 
-    monkeypatch.setattr(transformer, "fine_tune", sometimes_failing)
+    monkeypatch.setattr(finetune, "fine_tune", sometimes_failing)
     config = make_config(url, tmp_path)
     store = store_for(url)
     study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=5, progress=False)
@@ -294,7 +294,7 @@ def test_an_unexpected_error_stops_the_study_and_is_not_hidden(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("a bug")
 
-    monkeypatch.setattr(transformer, "fine_tune", broken)
+    monkeypatch.setattr(finetune, "fine_tune", broken)
     config = make_config(sqlite_url, tmp_path)
     with pytest.raises(ValueError, match="a bug"):
         tuning.tune(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=3, progress=False)

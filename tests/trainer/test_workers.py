@@ -39,6 +39,7 @@ sys.path.insert(0, args["repo"])
 from trainer.errors import ModelError  # noqa: E402
 
 fake = types.ModuleType("trainer.transformer")
+fake_finetune = types.ModuleType("trainer.finetune")
 
 
 class TrainingDiverged(ModelError):
@@ -68,12 +69,14 @@ def save_classifier(clf, directory):
 
 
 fake.TrainingDiverged = TrainingDiverged
-fake.fine_tune, fake.save_classifier = fine_tune, save_classifier
+fake.save_classifier = save_classifier
+fake_finetune.fine_tune = fine_tune
 fake.free_memory = lambda: None
 fake.resolve_model = lambda name: name
 fake.check_location = lambda path: None
 fake.default_device = lambda: "cpu"
 sys.modules["trainer.transformer"] = fake
+sys.modules["trainer.finetune"] = fake_finetune
 
 import optuna  # noqa: E402
 
@@ -84,6 +87,7 @@ from trainer.config import Config  # noqa: E402
 from trainer.splits import Split  # noqa: E402
 
 trainer.transformer = fake
+trainer.finetune = fake_finetune
 tuning.make_pruner = optuna.pruners.NopPruner
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
