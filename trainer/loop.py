@@ -15,12 +15,16 @@ import torch.nn.functional as F
 PAD_MULTIPLE = 64  # batches are padded to a multiple of this: few distinct shapes, little padding
 NAN_CHECK_EVERY = 50  # steps between the only host syncs of training: a finite-loss check
 # Padded tokens per step on a GPU. H200, MiniLM, IMDB, 1 epoch (bench/results/train-nvidia-h200-*):
-# 32k gave 4,846 samples/s and 0.917 test accuracy, 64k 5,076 samples/s but 0.906.
+# 32k gave 4,846 samples/s and 0.917 test accuracy, 64k 5,076 samples/s but 0.906. A second H200
+# (bench/results/h200-2026-11-26, a slower host: the peer ran 19% slower too): 32k 3,634
+# samples/s and 0.9166, 16k 2,075 samples/s and 0.9186: the step count, not the arithmetic,
+# bounds a small model's speed, so halving the budget nearly halves the throughput.
 CUDA_MIN_TOKENS = 32_768
 EVAL_TOKEN_FACTOR = 4  # evaluation batches hold this many times the training token budget
 MAX_LR_SCALE = 4.0  # cap on the square-root learning-rate scaling for larger batches
 # torch.compile's default on CUDA. H200: compiled, 903 samples/s after warm-up (each new bucket
-# shape recompiles) against 4,846 eager, and a 66 s epoch against 12 s: off.
+# shape recompiles) against 4,846 eager, and a 66 s epoch against 12 s: off. Compiled once with
+# dynamic=True and a mask on every step instead: 621 samples/s against 3,634 eager (second H200).
 COMPILE_ON_CUDA = False
 _CACHE_SIZE = 4
 _cache: dict[tuple, Encoded] = {}
