@@ -120,6 +120,9 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         help="baseline | pretrained | final | trial:N | run:ID (default baseline)",
     )
     p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--fast", action="store_true",
+                   help="on a CPU, score with bf16 or int8: several times faster for many "
+                        "reviews; probabilities may differ from fp32 in the second decimal")
     _common(p, sizes=False)
 
 
@@ -135,7 +138,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise TrainerError("no review given; pass TEXT arguments or --file reviews.csv")
     texts = [validate_review(t) for t in texts]
     predictor = load_predictor(
-        _store(config), args.model_ref, max_length=args.max_length, study=config.study
+        _store(config), args.model_ref, max_length=args.max_length, study=config.study,
+        fast=args.fast,
     )
     for prob in predictor.predict_proba(texts):
         label, score = label_of(float(prob))

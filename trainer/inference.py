@@ -14,14 +14,17 @@ import torch
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "int8", "bf16", "fp32")
-# Measured on 2 AMD EPYC cores (bench/results/infer-*.jsonl, a 230-token review, one thread):
-# fp32 57 ms, int8 16 ms, bf16 23 ms. int8 is dynamic quantisation of every nn.Linear with
-# per-channel weight scales and, on CPUs with VNNI, full 8-bit activations (PyTorch's default
-# keeps 7 bits, for CPUs without VNNI): 34 of 2,000 test predictions flip against fp32 (-0.2
-# points), against 117 flips (-1.8 points) with the defaults. bf16 flips 3 but is slower and
-# needs native bf16 (avx512_bf16/AMX). Tracing into frozen TorchScript saves ~2 ms of Python
-# per call. ONNX Runtime would need the `onnx` package to export (not installed here).
-AUTO_ORDER = ("int8", "fp32")
+# Single 230-token review, traced graphs, p50 on 2 cores (bench/results/infer-*.jsonl):
+# - AMD EPYC (no native bf16): fp32 57 ms, int8 16 ms, bf16 23 ms.
+# - Xeon with AMX (avx512_bf16, amx_bf16): eager fp32 31-43 ms, int8 and bf16 both 15-21 ms.
+# int8 is dynamic quantisation of every nn.Linear with per-channel weight scales and, on CPUs
+# with VNNI, full 8-bit activations (PyTorch's default keeps 7 bits, for CPUs without VNNI).
+# Against fp32 on 2,000 test reviews int8 costs 0.2-0.4 accuracy points, bf16 0.1; on the
+# Xeon bf16 also scores batches 1.8x faster than int8. So: bf16 where the CPU has it natively.
+# Tried on the Xeon and left out: bf16 weights pre-packed for oneDNN (cannot be traced; no
+# faster untraced), torch.compile (18 ms), ONNX Runtime exported, BERT-fused, int8 (25 ms).
+NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
+VNNI = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 Graph = Callable[..., torch.Tensor]
 
 
@@ -54,7 +57,7 @@ class _FullRangeLinear(torch.ao.nn.quantized.dynamic.Linear):
 
 
 def _quantize(model: torch.nn.Module) -> torch.nn.Module:
-    vnni = bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    vnni = bool(_cpu_flags() & VNNI)
     linear = _FullRangeLinear if vnni else torch.ao.nn.quantized.dynamic.Linear
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated in favour of torchao, which is not installed;
@@ -86,7 +89,8 @@ class FastClassifier:
             max_length: tokens kept per review.
             method: "int8" (dynamic quantisation of every Linear layer), "bf16" (bf16 weights
                 and activations; fast only on CPUs with native bf16), "fp32", or "auto"
-                (int8 where this torch build has a quantised engine, else fp32).
+                (bf16 on CPUs with native bf16, else int8 where this torch build has a
+                quantised engine, else fp32).
 
         Returns:
             The fast classifier.
@@ -162,7 +166,9 @@ def _choose(method: str) -> str:
                          "this torch build lacks; use method='fp32'")
     if method != "auto":
         return method
-    return next(m for m in AUTO_ORDER if m != "int8" or _int8_available())
+    if _cpu_flags() & NATIVE_BF16:
+        return "bf16"
+    return "int8" if _int8_available() else "fp32"
 
 
 class _Logits(torch.nn.Module):

@@ -126,17 +126,24 @@ class _BaselinePredictor:
 
 
 class _TransformerPredictor:
-    def __init__(self, run: Run, max_length: int) -> None:
+    def __init__(self, run: Run, max_length: int, fast: bool = False) -> None:
         from trainer import transformer
 
         self.name = _label(run)
         self._max_length = max_length
         self._clf = transformer.load_classifier(transformer.resolve_model(run.spec.artifact))
         self._lock = threading.Lock()
+        self._fast = None
+        if fast and self._clf.device == "cpu":
+            from trainer.inference import FastClassifier
+
+            self._fast = FastClassifier.from_classifier(self._clf, max_length=max_length)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         from trainer.transformer import predict_proba
 
+        if self._fast is not None:
+            return self._fast.predict_proba(list(texts))
         with self._lock:
             return predict_proba(self._clf, list(texts), max_length=self._max_length)
 
@@ -147,8 +154,12 @@ class _TransformerPredictor:
             return explain(self._clf, text, max_length=self._max_length, top_k=top_k)
 
 
-def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None = None):
+def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None = None,
+                   fast: bool = False):
     """Load the model a reference names, ready to classify.
+
+    fast: on a CPU, score transformer models with trainer.inference.FastClassifier (bf16 or
+    int8; probabilities within about 1e-2 of fp32); explanations stay fp32.
 
     Raises:
         TrainerError: unknown reference, or the model's files are gone or unreadable.
@@ -159,7 +170,7 @@ def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None 
         raise TrainerError(f"cannot load {ref}: {reason}; train it again")
     if run.spec.stage == "baseline":
         return _BaselinePredictor(run)
-    return _TransformerPredictor(run, max_length)
+    return _TransformerPredictor(run, max_length, fast)
 
 
 def label_of(prob: float, threshold: float = 0.5) -> tuple[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -111,6 +112,15 @@ def test_run_is_resumable_and_reports_every_stage(
     assert report["runs"][1]["n"] == 40 and report["runs"][0]["n"] == 100
     (study,) = report["studies"]
     assert sum(study["trials"][k] for k in ("complete", "pruned", "failed")) == 2
+    reviews = ["A superb, moving film.", "Dreadful. Boring. " * 20, "ok"]
+    scores = {}
+    for extra in ([], ["--fast"]):
+        assert main(["predict", *reviews, "--model-ref", "final", "--db", db, *extra]) == 0
+        lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        scores[bool(extra)] = [x["p_positive"] for x in lines]
+    # bf16 keeps 8 bits of mantissa, int8 1/255 of each range: a few thousandths at most here.
+    np.testing.assert_allclose(scores[True], scores[False], atol=1e-2)
+    assert scores[True] != scores[False]  # reduced precision did score them
 
 
 def test_predict_reads_arguments_and_csv_and_refuses_empty_reviews(

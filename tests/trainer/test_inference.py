@@ -111,6 +111,17 @@ def test_int8_keeps_8_bit_activations_only_where_vnni_makes_it_safe(
     assert layer.weight().qscheme() == torch.per_channel_affine
 
 
+@pytest.mark.parametrize(("flags", "method"), [({"avx512_bf16", "avx512_vnni"}, "bf16"),
+                                               ({"amx_bf16"}, "bf16"), ({"avx512_vnni"}, "int8"),
+                                               ({"avx2"}, "int8")])
+def test_auto_takes_bf16_only_on_cpus_that_compute_in_bf16(
+        clf, monkeypatch: pytest.MonkeyPatch, flags: set, method: str) -> None:
+    from trainer import inference
+
+    monkeypatch.setattr(inference, "_cpu_flags", lambda: flags)
+    assert FastClassifier.from_classifier(clf, max_length=64).method == method
+
+
 def test_the_source_classifier_is_left_unchanged(clf) -> None:
     before = _eager(clf, REVIEWS)
     FastClassifier.from_classifier(clf, max_length=64, method="int8")
@@ -120,7 +131,7 @@ def test_the_source_classifier_is_left_unchanged(clf) -> None:
 
 def test_no_reviews_give_no_scores_and_a_bad_method_is_named(clf) -> None:
     fast = FastClassifier.from_classifier(clf, max_length=64)
-    assert fast.method in ("int8", "fp32")
+    assert fast.method in ("bf16", "int8", "fp32")
     assert fast.predict_proba([]).shape == (0,)
     with pytest.raises(ValueError, match="onnx"):
         FastClassifier.from_classifier(clf, max_length=64, method="onnx")
