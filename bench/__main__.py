@@ -1,4 +1,4 @@
-"""`python -m bench train|infer|baseline|dashboard [options]`: run one side-by-side benchmark."""
+"""`python -m bench train|infer|baseline|dashboard|stress [options]`: run one side-by-side benchmark."""
 from __future__ import annotations
 
 import importlib

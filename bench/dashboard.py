@@ -1,6 +1,6 @@
 """Benchmark: each dashboard page's render time with a 1,000-trial study and 25,000 predictions.
 
-    python bench/dashboard.py [--db sqlite:///path.db] [--rebuild] [--repeats 5]
+    python -m bench dashboard [--db sqlite:///path.db] [--rebuild] [--repeats 5]
 
 Builds the database once (through the Store and Optuna's API; real IMDB test reviews when
 ../shared/data/imdb/test.parquet exists), then renders every page with streamlit's AppTest.
@@ -86,12 +86,14 @@ def measure(page: str, repeats: int) -> dict[str, float]:
     return times
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    """Build the database if needed and print each page's figure; argv: the options."""
+    parser = argparse.ArgumentParser(prog="python -m bench dashboard",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--db", help=f"database URL (default: a SQLite file {DEFAULT_DB})")
     parser.add_argument("--rebuild", action="store_true", help="build the database again")
     parser.add_argument("--repeats", type=int, default=5, help="warm renders per page")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     url = args.db or f"sqlite:///{DEFAULT_DB}"
     if args.db is None and (args.rebuild or not DEFAULT_DB.exists()):
         DEFAULT_DB.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Stress: N worker processes × M trials of one study per backend; trials/s and lost trials.
 
-    python -m bench.stress --workers 8 --trials 5 [--backends sqlite,postgresql] [--out FILE]
+    python -m bench stress --workers 8 --trials 5 [--backends sqlite,postgresql] [--out FILE]
 
 Each worker is a real process on the real storage path (Optuna's RDBStorage through
 trainer.workers.optuna_storage, our Store's per-trial rows); only the training is faked, exactly
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0, or 1 when a backend could not be measured or a worker failed.
     """
-    parser = argparse.ArgumentParser(prog="python -m bench.stress", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench stress", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)

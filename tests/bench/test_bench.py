@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import KEYS, figure, slug
-from bench.__main__ import main
+from bench.__main__ import BENCHES, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,6 +96,15 @@ def test_figure_ratio_is_above_one_when_ours_is_better() -> None:
     many = figure("n", "1/s", 30.0, 10.0, higher_is_better=True, device="cpu", config={"a": 1})
     assert fast["ratio"] == 4.0 and many["ratio"] == 3.0
     assert list(many)[:len(KEYS)] == list(KEYS) and many["config"] == {"a": 1}
+
+
+@pytest.mark.parametrize("name", ["train", "infer", "baseline", "dashboard", "stress"])
+def test_every_benchmark_takes_its_options_from_the_dispatcher(name: str, capsys) -> None:
+    assert name in BENCHES
+    with pytest.raises(SystemExit) as stop:
+        main([name, "--help"])
+    assert stop.value.code == 0
+    assert f"bench {name}" in capsys.readouterr().out
 
 
 def test_an_unknown_benchmark_is_refused_with_the_known_names(capsys) -> None:
