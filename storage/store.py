@@ -162,6 +162,12 @@ class Store:
             where.append(RunRow.study == study)
         return self._load(*where)
 
+    def run_specs(self) -> dict[int, RunSpec]:
+        """Run id -> what was stored about it, without its metrics: a quick listing of runs."""
+        with self._translated("read the runs"), Session(self._engine) as session:
+            return {row.id: _spec(row) for row in session.scalars(select(RunRow)
+                                                                  .order_by(RunRow.id))}
+
     def find_run(self, stage: str, config_hash: str) -> Run | None:
         """The newest run of `stage` with this config hash, or None (to skip finished stages)."""
         runs = self._load(RunRow.stage == stage, RunRow.config_hash == config_hash, newest=True)
@@ -178,11 +184,16 @@ class Store:
         with self._translated("list the studies"), self._engine.connect() as conn:
             return sorted(conn.scalars(stmt))
 
-    def predictions(self, run_id: int) -> pd.DataFrame:
+    def predictions(self, run_id: int, *, texts: bool = True) -> pd.DataFrame:
         """Per-review predictions of a run, in the order they were saved.
 
+        Args:
+            run_id: the run.
+            texts: also read each review's text (most of the time for 25,000 reviews).
+
         Returns:
-            Columns review_id, label, prob, text (None when unknown), length (NaN when unknown).
+            Columns review_id, label, prob and, with texts, text (None when unknown) and
+            length (NaN when unknown).
 
         Raises:
             StorageError: no run has this id, or the database cannot be read.
@@ -196,15 +207,17 @@ class Store:
             rows = conn.execute(select(PREDICTIONS.c.review_id, PREDICTIONS.c.label,
                                        PREDICTIONS.c.prob).where(PREDICTIONS.c.run_id == run_id)
                                 .order_by(PREDICTIONS.c.id)).all()
-            known = _review_texts_of(conn, *where, [row.review_id for row in rows])
-        texts = pd.Series([known.get(row.review_id) for row in rows], dtype=object)
-        return pd.DataFrame({
-            "review_id": [row.review_id for row in rows],
-            "label": pd.Series([row.label for row in rows], dtype="int64"),
-            "prob": pd.Series([row.prob for row in rows], dtype="float64"),
-            "text": texts,
-            "length": pd.Series([math.nan if t is None else len(t) for t in texts], dtype=float),
-        })
+            frame = pd.DataFrame({
+                "review_id": [row.review_id for row in rows],
+                "label": pd.Series([row.label for row in rows], dtype="int64"),
+                "prob": pd.Series([row.prob for row in rows], dtype="float64"),
+            })
+            if not texts:
+                return frame
+            known = _review_texts_of(conn, *where, frame["review_id"].tolist())
+        text = pd.Series([known.get(i) for i in frame["review_id"]], dtype=object)
+        length = [math.nan if t is None else len(t) for t in text]
+        return frame.assign(text=text, length=pd.Series(length, dtype=float))
 
     def delete_run(self, run_id: int) -> None:
         """Delete a run and (by cascade) all its rows; review texts stay for other runs.
@@ -388,13 +401,17 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def _to_run(row: RunRow) -> Run:
-    spec = RunSpec(
+def _spec(row: RunRow) -> RunSpec:
+    return RunSpec(
         stage=row.stage, model=row.model, split=row.split, data_source=row.data_source,
         config=dict(row.config or {}), config_hash=row.config_hash, study=row.study,
         trial=row.trial, warnings=tuple(row.warnings or ()), artifact=row.artifact,
         duration_s=row.duration_s,
     )
+
+
+def _to_run(row: RunRow) -> Run:
+    spec = _spec(row)
     c = row.confusion
     evaluation = Evaluation(
         n=row.n,

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from storage import Run
+from storage import Run, RunSpec
 from trainer.errors import TrainerError
 
 MAX_REVIEW_CHARS = 20_000
@@ -56,33 +56,33 @@ def validate_review(text: str, max_chars: int = MAX_REVIEW_CHARS) -> str:
     return cleaned
 
 
-def _stored(run: Run) -> tuple[bool, str | None]:
-    artifact = run.spec.artifact
+def _stored(spec: RunSpec) -> tuple[bool, str | None]:
+    artifact = spec.artifact
     if not artifact:
         return False, "no saved model for this run"
-    if run.spec.stage == "pretrained" or Path(artifact).exists():
+    if spec.stage == "pretrained" or Path(artifact).exists():
         return True, None
     return False, f"its saved model {artifact} no longer exists"
 
 
-def _label(run: Run) -> str:
-    spec = run.spec
+def _label(run_id: int, spec: RunSpec) -> str:
     if spec.stage == "trial":
-        return f"trial {spec.trial} of {spec.study} (run {run.id})"
+        return f"trial {spec.trial} of {spec.study} (run {run_id})"
     if spec.stage == "finetuned":
-        return f"fine-tuned, study {spec.study} (run {run.id})"
-    return f"{spec.stage}: {Path(spec.model).name or spec.model} (run {run.id})"
+        return f"fine-tuned, study {spec.study} (run {run_id})"
+    return f"{spec.stage}: {Path(spec.model).name or spec.model} (run {run_id})"
 
 
-def _ref(run: Run) -> str:
-    return f"trial:{run.spec.trial}" if run.spec.stage == "trial" else f"run:{run.id}"
+def _ref(run_id: int, spec: RunSpec) -> str:
+    return f"trial:{spec.trial}" if spec.stage == "trial" else f"run:{run_id}"
 
 
 def model_choices(store) -> list[ModelChoice]:
     """Every stored run whose model can be loaded, newest first within each stage."""
     order = {"baseline": 0, "pretrained": 1, "finetuned": 2, "trial": 3}
-    runs = sorted(store.list_runs(), key=lambda r: (order.get(r.spec.stage, 9), -r.id))
-    return [ModelChoice(_label(r), _ref(r), r.id, *_stored(r)) for r in runs if r.spec.artifact]
+    specs = sorted(store.run_specs().items(), key=lambda kv: (order.get(kv[1].stage, 9), -kv[0]))
+    return [ModelChoice(_label(i, spec), _ref(i, spec), i, *_stored(spec))
+            for i, spec in specs if spec.artifact]
 
 
 def resolve_ref(store, ref: str, study: str | None = None) -> Run:
@@ -115,7 +115,7 @@ class _BaselinePredictor:
     def __init__(self, run: Run) -> None:
         from trainer.baseline_io import load_baseline
 
-        self.name = _label(run)
+        self.name = _label(run.id, run.spec)
         self._model = load_baseline(run.spec.artifact)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -129,7 +129,7 @@ class _TransformerPredictor:
     def __init__(self, run: Run, max_length: int, fast: bool = False) -> None:
         from trainer import transformer
 
-        self.name = _label(run)
+        self.name = _label(run.id, run.spec)
         self._max_length = max_length
         self._clf = transformer.load_classifier(transformer.resolve_model(run.spec.artifact))
         self._lock = threading.Lock()
@@ -165,7 +165,7 @@ def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None 
         TrainerError: unknown reference, or the model's files are gone or unreadable.
     """
     run = resolve_ref(store, ref, study)
-    available, reason = _stored(run)
+    available, reason = _stored(run.spec)
     if not available:
         raise TrainerError(f"cannot load {ref}: {reason}; train it again")
     if run.spec.stage == "baseline":

@@ -142,11 +142,11 @@ def mcnemar_against(store, target: Run, others: list[Run]) -> dict[int, str]:
     """McNemar's exact p-value of `target` against each other run, on the reviews both scored."""
     from trainer.metrics import mcnemar
 
-    mine = store.predictions(target.id)
+    mine = store.predictions(target.id, texts=False)
     out = {}
     for run in others:
         try:
-            both = paired_predictions(mine, store.predictions(run.id))
+            both = paired_predictions(mine, store.predictions(run.id, texts=False))
         except ValueError:
             both = mine.iloc[:0]
         if both.empty:

@@ -31,7 +31,7 @@ def show_stages(url: str) -> None:
 
 def show_tests(url: str, latest: dict) -> None:
     st.subheader("Are the differences real? McNemar's test")
-    preds = {run.id: resources.predictions(url, run.id, run.created_at.isoformat())
+    preds = {run.id: resources.predictions(url, run.id, run.created_at.isoformat(), texts=False)
              for run in latest.values()}
     tests = views.stage_comparisons(latest, preds)
     if tests.empty:

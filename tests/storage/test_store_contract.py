@@ -62,6 +62,17 @@ def test_predictions_and_texts_round_trip_in_saved_order(store: Store) -> None:
     assert list(frame["length"]) == [float(len(t)) for t in preds.texts]
 
 
+def test_predictions_can_skip_the_texts(store: Store) -> None:
+    preds = samples.predictions(n=7)
+    run_id = store.save_run(samples.spec(), samples.evaluation(), preds)
+    frame = store.predictions(run_id, texts=False)
+    assert list(frame.columns) == ["review_id", "label", "prob"]
+    assert list(frame["review_id"]) == list(preds.review_ids)
+    assert list(frame["prob"]) == pytest.approx(list(preds.probs))
+    with pytest.raises(StorageError, match="4242"):
+        store.predictions(4242, texts=False)
+
+
 def test_predictions_without_texts_have_none_text_and_nan_length(store: Store) -> None:
     run_id = store.save_run(samples.spec(), samples.evaluation(), samples.predictions(texts=False))
     frame = store.predictions(run_id)
@@ -187,6 +198,15 @@ def test_trial_runs_and_studies(store: Store) -> None:
     assert all(r.spec.stage == "trial" for r in runs.values())
     assert store.trial_runs("missing") == {}
     assert store.studies() == ["alpha", "zeta"]
+
+
+def test_run_specs_list_every_run_without_its_metrics(store: Store) -> None:
+    assert store.run_specs() == {}
+    specs = [samples.spec("baseline"), samples.spec("trial", study="s", trial=3),
+             samples.spec("finetuned", study="s")]
+    ids = [store.save_run(spec, samples.evaluation()) for spec in specs]
+    assert store.run_specs() == dict(zip(ids, specs, strict=True))
+    assert list(store.run_specs()) == ids  # id order
 
 
 def test_missing_ids_raise_storage_error_naming_the_id(store: Store) -> None:
