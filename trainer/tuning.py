@@ -14,6 +14,7 @@ would be saved.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,12 +22,14 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from storage.records import Evaluation, Predictions, RunSpec
 from trainer.config import Config
@@ -182,8 +185,21 @@ def open_study(config: Config, *, create: bool, seed: int | None = None) -> optu
     if seed is None:
         seed = config.seed + len(existing)
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    return optuna.create_study(storage=storage, study_name=name, sampler=sampler,
-                               pruner=make_pruner(), direction="maximize", load_if_exists=True)
+    with quiet_optuna():  # not "A new study created" / "Using an existing study" every time
+        return optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                   pruner=make_pruner(), direction="maximize",
+                                   load_if_exists=True)
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's warnings only, for a while: log_trial says what its INFO lines would."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _missing_study(name: str, url: str) -> str:
@@ -254,10 +270,28 @@ def _optimize(study: optuna.Study, config: Config, train: Split, validation: Spl
     # A bad --model fails here in one line, not as a FAIL trial with Optuna's traceback.
     transformer.check_location(transformer.resolve_model(config.model))
     objective = _Objective(config, train, validation, store, data_source or config.data)
-    study.optimize(objective, n_trials=n_trials, catch=(TrialFailed,),
-                   callbacks=[keep_best_artifacts(objective.artifacts, KEEP_ARTIFACTS)],
-                   show_progress_bar=progress)
+    with quiet_optuna():
+        study.optimize(objective, n_trials=n_trials, catch=(TrialFailed,),
+                       callbacks=[keep_best_artifacts(objective.artifacts, KEEP_ARTIFACTS),
+                                  log_trial], show_progress_bar=progress)
     return study
+
+
+def log_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Log one short line on how a trial ended (an Optuna callback)."""
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in trial.params.items())
+    if trial.state == TrialState.COMPLETE:
+        best = study.best_trial
+        log.info("trial %d: accuracy %.4f (best: trial %d, %.4f); %s", trial.number, trial.value,
+                 best.number, best.value, params)
+    elif trial.state == TrialState.PRUNED and trial.intermediate_values:
+        epoch = max(trial.intermediate_values)
+        log.info("trial %d: pruned after epoch %d at accuracy %.4f; %s", trial.number, epoch,
+                 trial.intermediate_values[epoch], params)
+    elif trial.state == TrialState.FAIL:
+        log.info("trial %d: failed (%s)", trial.number,
+                 trial.user_attrs.get(FAIL_REASON, "see the log above"))
 
 
 # --- one trial -----------------------------------------------------------------------------

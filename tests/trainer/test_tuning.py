@@ -287,6 +287,48 @@ def test_diverged_or_out_of_memory_trial_fails_with_reason_and_study_goes_on(
     assert sorted(store.trial_runs(config.study)) == [0, 4]
 
 
+def test_each_trial_ends_in_one_short_line_instead_of_optunas_info_lines(
+    sqlite_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
+    store_for: Callable[[str], Any], caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str]
+) -> None:
+    def second_diverges(*args: Any, **kwargs: Any) -> Any:
+        if len(calls) == 1:
+            calls.append(1)
+            raise transformer.TrainingDiverged("the training loss became nan at step 3")
+        calls.append(1)
+        return fake_fine_tune(*args, **kwargs)
+
+    calls: list[int] = []
+    monkeypatch.setattr(finetune, "fine_tune", second_diverges)
+    caplog.set_level("INFO", logger="trainer.tuning")
+    verbosity = optuna.logging.get_verbosity()
+    tuning.tune(make_config(sqlite_url, tmp_path), TRAIN, VALIDATION, store_for(sqlite_url),
+                n_trials=3, progress=False)
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "trainer.tuning"]
+    assert [line.split(":")[0] for line in lines] == ["trial 0", "trial 1", "trial 2"]
+    assert lines[0].startswith("trial 0: accuracy ") and "(best: trial 0, " in lines[0]
+    assert "learning_rate=" in lines[0] and len(lines[0]) < 200
+    assert lines[1].startswith("trial 1: failed (training diverged: the training loss")
+    err = capfd.readouterr().err
+    assert "A new study created" not in err and "finished with value" not in err
+    assert optuna.logging.get_verbosity() == verbosity
+
+
+def test_a_pruned_trial_is_logged_with_its_last_epoch(caplog: pytest.LogCaptureFixture) -> None:
+    study = optuna.create_study(direction="maximize")
+    trial = optuna.trial.create_trial(state=TrialState.PRUNED, params={"learning_rate": 3e-5},
+                                      distributions={"learning_rate": optuna.distributions
+                                                     .FloatDistribution(1e-6, 1e-3)},
+                                      intermediate_values={1: 0.61, 2: 0.46})
+    study.add_trial(trial)
+    caplog.set_level("INFO", logger="trainer.tuning")
+    tuning.log_trial(study, study.trials[0])
+    line = "trial 0: pruned after epoch 2 at accuracy 0.4600; learning_rate=3e-05"
+    assert caplog.messages == [line]
+
+
 def test_an_unexpected_error_stops_the_study_and_is_not_hidden(
     sqlite_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
     store_for: Callable[[str], Any]
