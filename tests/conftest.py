@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ci import missing
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -16,18 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 IMDB_DIR = Path(os.environ.get("IMDB_TEST_DATA", REPO.parent / "shared" / "data" / "imdb"))
 
 
-def _missing(what: str) -> None:
-    """In CI a missing resource is a failure, never a skip."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{what} is missing, and CI must not skip tests that need it")
-    pytest.skip(f"{what} is missing")
-
-
 @pytest.fixture(scope="session")
 def imdb_dir() -> Path:
     """The real IMDB parquet folder (train.parquet, test.parquet)."""
     if not (IMDB_DIR / "train.parquet").exists() or not (IMDB_DIR / "test.parquet").exists():
-        _missing(f"the real IMDB data at {IMDB_DIR}")
+        missing(f"the real IMDB data at {IMDB_DIR}")
     return IMDB_DIR
 
 
@@ -48,7 +43,7 @@ def postgres_url() -> str:
     """A PostgreSQL URL from TEST_DATABASE_URL."""
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
-        _missing("TEST_DATABASE_URL (PostgreSQL)")
+        missing("TEST_DATABASE_URL (PostgreSQL)")
     return url
 
 

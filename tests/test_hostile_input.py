@@ -293,12 +293,15 @@ def test_the_store_keeps_hostile_study_names_apart(db_url: str) -> None:
         for i, name in enumerate(names):
             builders.save_stage(store, "trial", reviews, 1.0, seed=i, model="m", study=name,
                                 trial=0, split="validation", n_bootstrap=0)
-        try:  # a 600-character name: stored as given, or refused in words
-            builders.save_stage(store, "trial", reviews, 1.0, seed=9, model="m",
-                                study="s" * 600, trial=0, split="validation", n_bootstrap=0)
+        # A 600-character name: SQLite keeps any length; PostgreSQL's column holds 512
+        # characters, and the refusal says so in words.
+        long_name = {"study": "s" * 600, "trial": 0, "split": "validation", "n_bootstrap": 0}
+        if db_url.startswith("postgresql"):
+            with pytest.raises(StorageError, match="do not fit the tables"):
+                builders.save_stage(store, "trial", reviews, 1.0, seed=9, model="m", **long_name)
+        else:
+            builders.save_stage(store, "trial", reviews, 1.0, seed=9, model="m", **long_name)
             names.append("s" * 600)
-        except StorageError as e:
-            assert "do not fit the tables" in str(e)
         assert store.studies() == sorted(names)
         for name in names:
             assert [r.spec.study for r in store.list_runs(study=name)] == [name]

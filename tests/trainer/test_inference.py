@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 from trainer.inference import FastClassifier
 
