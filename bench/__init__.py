@@ -1,6 +1,7 @@
 """Side-by-side benchmarks (ours vs the plain-library peer): figures, JSON lines, result files."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -44,6 +45,14 @@ def _round(value: float) -> float:
 def default_data() -> str:
     """IMDB_DATA when set, else the shared IMDB parquet folder beside the checkout."""
     return os.environ.get("IMDB_DATA") or str(DEFAULT_DATA)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every side-by-side benchmark takes: data, seed and where results go."""
+    parser.add_argument("--data", default=default_data())
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--tag", default="", help="suffix of the results file name")
 
 
 def cpu_name() -> str:

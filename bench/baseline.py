@@ -8,18 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from bench import cpu_name, default_data, emit, figure
+from bench import add_common_arguments, cpu_name, emit, figure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default=default_data())
+    add_common_arguments(parser)
     parser.add_argument("--train-size", type=int, default=None, help="default: the whole split")
     parser.add_argument("--test-size", type=int, default=None, help="default: the whole split")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each side, alternating which goes first; medians reported")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results-dir", default=None)
-    parser.add_argument("--tag", default="")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,15 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from bench import cpu_name, default_data, emit, figure
+from bench import add_common_arguments, cpu_name, emit, figure
 
 CACHE = Path("/tmp/sentiment-bench")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
     parser.add_argument("--model", default="minilm-offline",
                         help="model dir or name; one without a sentiment head is fine-tuned first")
-    parser.add_argument("--data", default=default_data())
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -27,9 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-length", type=int, default=256)
     parser.add_argument("--method", default="auto")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results-dir", default=None)
-    parser.add_argument("--tag", default="")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,18 +89,18 @@ def sentiment_model(name: str, data: Any, args: argparse.Namespace
 
     from trainer.transformer import load_classifier, resolve_model, save_classifier
 
-    torch.manual_seed(args.seed)  # a new head is initialised from the global RNG
-    clf = load_classifier(name, device="cpu")
-    if not clf.new_head:
-        return clf, None
     params = {"learning_rate": 1e-4, "warmup_ratio": 0.1, "num_train_epochs": 1,
               "per_device_train_batch_size": 16, "weight_decay": 0.01}
     tuned = {"train_reviews": args.finetune_size, "max_length": args.finetune_length,
              "by": "trainer.loop.train_fast", **params}
     key = f"{resolve_model(name)}|{args.finetune_size}|{args.finetune_length}|{args.seed}"
     cached = CACHE / f"finetuned-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    if (cached / "config.json").exists():
+    if (cached / "config.json").exists():  # only models without a head were cached
         return load_classifier(str(cached), device="cpu"), tuned
+    torch.manual_seed(args.seed)  # a new head is initialised from the global RNG
+    clf = load_classifier(name, device="cpu")
+    if not clf.new_head:
+        return clf, None
     from trainer.loop import train_fast
     from trainer.splits import stratified_subset
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from bench import RESULTS, default_data, device_name, emit, figure, slug
+from bench import RESULTS, add_common_arguments, device_name, emit, figure, slug
 
 WARM_FRACTION = 0.1  # throughput is timed from the first step after this share of the samples
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
     parser.add_argument("--model", default="minilm-offline", help="model dir or offline name")
-    parser.add_argument("--data", default=default_data())
     parser.add_argument("--train-size", type=int, default=None, help="default: the whole split")
     parser.add_argument("--test-size", type=int, default=None, help="default: the whole split")
     parser.add_argument("--max-length", type=int, default=512)
@@ -35,11 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the batch the base learning rate is meant for")
     parser.add_argument("--warmup", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--progress", action="store_true")
-    parser.add_argument("--results-dir", default=None)
-    parser.add_argument("--tag", default="")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

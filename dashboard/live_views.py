@@ -11,7 +11,7 @@ import pandas as pd
 
 from dashboard.views import escape_markdown
 from trainer.errors import TrainerError
-from trainer.predict import validate_review
+from trainer.predict import label_of, validate_review
 
 
 class UploadError(ValueError):
@@ -106,8 +106,9 @@ def batch_frame(texts: Sequence[str], probs: Sequence[float], errors: Sequence[s
             labels.append("")
             scores.append(math.nan)
         else:
-            labels.append("positive" if p >= threshold else "negative")
-            scores.append(p if p >= threshold else 1.0 - p)
+            label, score = label_of(p, threshold)
+            labels.append(label)
+            scores.append(score)
     return pd.DataFrame({"text": list(texts), "label": labels, "score": scores,
                          "model": model, "error": [e or "" for e in errors]})
 
@@ -124,9 +125,8 @@ class Verdict:
 
 def verdict(model: str, positive: float, threshold: float = 0.5) -> Verdict:
     """The label and its probability from a positive-class probability."""
-    if positive >= threshold:
-        return Verdict(model, "positive", positive, positive)
-    return Verdict(model, "negative", 1.0 - positive, positive)
+    label, probability = label_of(positive, threshold)
+    return Verdict(model, label, probability, positive)
 
 
 def validated(texts: Sequence[str]) -> tuple[list[str], list[str | None]]:

@@ -9,6 +9,7 @@ from optuna.exceptions import OptunaError
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard import resources, views
+from storage.engine import reason
 from storage.errors import StorageError
 from storage.store import Store
 from trainer.errors import TrainerError
@@ -64,6 +65,5 @@ def page_errors(action: str) -> Iterator[None]:
     except (StorageError, TrainerError) as e:
         say("error", str(e))
     except (OptunaError, SQLAlchemyError) as e:
-        reason = " ".join(str(getattr(e, "orig", None) or e).split()) or type(e).__name__
-        say("error", f"Could not {action} ({reason}). Check that the database is reachable and "
+        say("error", f"Could not {action} ({reason(e)}). Check that the database is reachable and "
                      "was written by this tool, then reload the page.")

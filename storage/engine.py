@@ -16,7 +16,7 @@ from sqlalchemy.pool import StaticPool
 from storage.errors import StorageError
 
 ACCEPTED = "sqlite:///path/to.db or postgresql+psycopg://user@host/db"
-SQLITE_BUSY_S = 30
+SQLITE_BUSY_S = 30  # how long one SQLite statement waits for another writer's lock
 PG_CONNECT_TIMEOUT_S = 10
 RUN_KEY = "uq_sentiment_runs_study_trial_stage"
 
@@ -97,11 +97,11 @@ def _sqlite_on_connect(dbapi_conn: Any, record: Any, *, wal: bool) -> None:
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_S * 1000}")
     cursor.execute("PRAGMA foreign_keys = ON")
     if wal:
-        _switch_to_wal(cursor)
+        switch_to_wal(cursor)
     cursor.close()
 
 
-def _switch_to_wal(cursor: Any, attempts: int = 40) -> None:
+def switch_to_wal(cursor: Any, attempts: int = 40) -> None:
     """Put the file in WAL mode (persistent), retrying while another process switches it.
 
     Changing the journal mode needs an exclusive lock and SQLite does not always wait on the busy

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
 import warnings
@@ -10,6 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from trainer.loop import _is_sdpa
+from trainer.transformer import _max_length
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +32,16 @@ VNNI = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 Graph = Callable[..., torch.Tensor]
 
 
-def _cpu_flags() -> set[str]:
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def _int8_available() -> bool:
@@ -76,7 +81,7 @@ class FastClassifier:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.positive_index, self.max_length = positive_index, max_length
         self.method, self.name = method, name
-        self.sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
+        self.sdpa = _is_sdpa(model)
         self.lock = threading.Lock()
         self.graphs = _trace(model, tokenizer) if self.sdpa else None
 
@@ -104,7 +109,7 @@ class FastClassifier:
             model = _quantize(model)
         elif chosen == "bf16":
             model = model.to(torch.bfloat16)
-        limit = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
+        limit = _max_length(clf, max_length)
         return cls(model, clf.tokenizer, positive_index=clf.positive_index, max_length=limit,
                    method=chosen, name=getattr(clf, "name", ""))
 

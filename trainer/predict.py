@@ -1,7 +1,6 @@
 """Classify reviews with any stored model: model references, predictors, input validation."""
 from __future__ import annotations
 
-import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,8 +130,7 @@ class _TransformerPredictor:
 
         self.name = _label(run.id, run.spec)
         self._max_length = max_length
-        self._clf = transformer.load_classifier(transformer.resolve_model(run.spec.artifact))
-        self._lock = threading.Lock()
+        self._clf = transformer.load_classifier(run.spec.artifact)
         self._fast = None
         if fast and self._clf.device == "cpu":
             from trainer.inference import FastClassifier
@@ -144,14 +142,12 @@ class _TransformerPredictor:
 
         if self._fast is not None:
             return self._fast.predict_proba(list(texts))
-        with self._lock:
-            return predict_proba(self._clf, list(texts), max_length=self._max_length)
+        return predict_proba(self._clf, list(texts), max_length=self._max_length)
 
     def explain(self, text: str, top_k: int = 10) -> list:
         from trainer.transformer import explain
 
-        with self._lock:
-            return explain(self._clf, text, max_length=self._max_length, top_k=top_k)
+        return explain(self._clf, text, max_length=self._max_length, top_k=top_k)
 
 
 def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None = None,

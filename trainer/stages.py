@@ -106,7 +106,7 @@ def pretrained(ctx: Context) -> Run:
     if (run := _done(ctx, "pretrained", key)) is not None:
         return run
     started, test = time.monotonic(), ctx.test_subset()
-    clf = transformer.load_classifier(transformer.resolve_model(c.model))
+    clf = transformer.load_classifier(c.model)
     probs = transformer.predict_proba(clf, test.texts, max_length=c.max_length,
                                       batch_size=c.batch_size, progress=ctx.progress)
     warnings = (CHANCE_WARNING.format(model=c.model),) if clf.new_head else ()

@@ -19,6 +19,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.engine import PG_CONNECT_TIMEOUT_S, SQLITE_BUSY_S, reason, switch_to_wal
 from storage.errors import StorageError
 from storage.store import normalize_url
 from trainer.errors import ConfigError
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-SQLITE_BUSY_S = 30  # how long one SQLite statement waits for another writer's lock
-PG_CONNECT_TIMEOUT_S = 10
 ATTEMPTS = 8  # tries of one storage call that hit a transient lock or serialization failure
 STALE_RETRIES = 1  # a trial whose worker died is run once more with the same parameters
 # A lock wait or a busy CPU can delay a heartbeat by seconds, and SQLite keeps whole seconds:
@@ -166,9 +165,8 @@ def optuna_storage(url: str, heartbeat: int) -> RDBStorage:
     except Exception as e:  # sqlalchemy, the driver and Optuna's own errors alike
         if isinstance(e, (ConfigError, StorageError)):
             raise
-        reason = " ".join(str(getattr(e, "orig", None) or e).split()) or type(e).__name__
         raise StorageError(
-            f"Could not open the Optuna study storage in {shown} ({reason}); check that the "
+            f"Could not open the Optuna study storage in {shown} ({reason(e)}); check that the "
             "database is reachable and the URL looks like sqlite:///path/to.db or "
             "postgresql+psycopg://user@host/db."
         ) from e
@@ -183,7 +181,7 @@ def _prepare_sqlite(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_S)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(conn.cursor())
     except (OSError, sqlite3.Error) as e:  # opening the storage below reports it clearly
         log.debug("could not switch %s to WAL: %s", path, e)
 
