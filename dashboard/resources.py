@@ -73,11 +73,11 @@ def run_studies(url: str) -> list[str]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=12)
-def predictions(url: str, run_id: int, version: str = "", texts: bool = True) -> pd.DataFrame:
+def predictions(url: str, run_id: int, texts: bool = True) -> pd.DataFrame:
     """A run's per-review predictions (review_id, label, prob and, with texts, text, length).
 
-    A run's predictions never change once saved, except a trial's, which is replaced each
-    epoch: pass its creation time as `version`. Without texts they load ten times faster.
+    A run's predictions never change once saved: a trial's run replaced after each epoch gets
+    a new id. Without texts they load ten times faster (0.04 s against 0.4 s for 25,000).
     """
     return store(url).predictions(run_id, texts=texts)
 

@@ -36,7 +36,7 @@ def show_scalars(run: Run) -> None:
     cells = views.metric_cells(run)
     for column, (name, shown, note) in zip(st.columns(len(cells)), cells):
         column.metric(name, shown, help=note)
-    st.caption(f"{run.evaluation.n:,} {run.spec.split} reviews · model "
+    st.caption(f"{run.evaluation.n:,} {views.escape_markdown(run.spec.split)} reviews · model "
                f"{views.escape_markdown(run.spec.model)}")
 
 
@@ -103,11 +103,12 @@ def show(url: str) -> None:
     show_scalars(run)
     show_curves(url, run, runs)
     try:
-        preds = resources.predictions(url, run.id, run.created_at.isoformat())
+        preds = resources.predictions(url, run.id)
     except StorageError:
-        if run.spec.stage != "trial":
-            raise
-        resources.trial_runs.clear()  # a running trial replaced its row: look it up again
+        resources.trial_runs.clear()  # a running trial may have replaced its row (new id)
+        if run.spec.stage != "trial" or run.id in {
+                r.id for r in resources.trial_runs(url, run.spec.study).values()}:
+            raise  # not that: show the error rather than rerun forever
         st.rerun()
     if preds["prob"].notna().sum() == 0:
         st.info("This run has no stored predictions; the threshold slider and the error "

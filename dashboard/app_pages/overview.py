@@ -22,7 +22,7 @@ def show_stages(url: str) -> None:
     for column, (stage, run) in zip(columns, latest.items()):
         ev = run.evaluation
         column.metric(views.STAGE_NAMES[stage], f"{ev.scalars.get('accuracy', float('nan')):.3f}",
-                      help=f"accuracy on {ev.n:,} {run.spec.split} reviews")
+                      help=f"accuracy on {ev.n:,} {views.escape_markdown(run.spec.split)} reviews")
     st.subheader("Side by side")
     st.dataframe(views.overview_table(views.runs_frame(latest.values())), key="overview_table",
                  height="content")
@@ -31,14 +31,14 @@ def show_stages(url: str) -> None:
 
 def show_tests(url: str, latest: dict) -> None:
     st.subheader("Are the differences real? McNemar's test")
-    preds = {run.id: resources.predictions(url, run.id, run.created_at.isoformat(), texts=False)
+    preds = {run.id: resources.predictions(url, run.id, texts=False)
              for run in latest.values()}
     tests = views.stage_comparisons(latest, preds)
     if tests.empty:
         st.info("McNemar's test needs two stages scored on the same reviews with stored "
                 "predictions; run at least two stages on the same test split.")
         return
-    st.markdown(f"**{tests['sentence'].iloc[0]}**")
+    st.markdown(f"**{views.escape_markdown(tests['sentence'].iloc[0])}**")  # names a stored split
     shown = tests.assign(
         comparison=[f"{views.STAGE_NAMES[a]} → {views.STAGE_NAMES[b]}"
                     for a, b in zip(tests["before"], tests["after"])],

@@ -61,10 +61,13 @@ def read_dashboard(url: str, name: str) -> dict[str, Any]:
     direction, trials = resources.study_trials(url, name)
     table = sv.trials_table(trials)
     kinds = sv.param_kinds(trials)
-    for frame in (sv.history_frame(table, direction), sv.intermediate_frame(trials),
-                  sv.duration_frame(table), sv.parallel_frame(table, kinds),
-                  sv.slices_frame(table, kinds)):
-        assert isinstance(frame.columns, object)
+    complete_count = int((table["state"] == "COMPLETE").sum())
+    history = sv.history_frame(table, direction)
+    assert len(history) == complete_count and history["value"].notna().all()
+    assert set(sv.intermediate_frame(trials)["number"]) <= set(table["number"])
+    assert set(sv.duration_frame(table)["number"]) <= set(table["number"])
+    for frame in (sv.parallel_frame(table, kinds), sv.slices_frame(table, kinds)):
+        assert frame["number"].nunique() == (complete_count if len(frame) else 0)
     rows = resources.trial_runs(url, name)
     metrics = sv.trial_metrics_frame(rows)
     complete = tuple(int(n) for n in table.loc[table["state"] == "COMPLETE", "number"])
@@ -72,11 +75,11 @@ def read_dashboard(url: str, name: str) -> dict[str, Any]:
         if target == "objective" or target in metrics:
             resources.importances(url, name, "PED-ANOVA", target, complete)
     # A running trial's row is replaced each epoch, so only a finished one's id stays valid
-    # between the two reads (see the xfail test below for the page that reads a running one).
+    # between the two reads.
     finished = [n for n in complete if n in rows]
     if finished:
         run = rows[max(finished)]
-        views.at_threshold(resources.predictions(url, run.id, run.created_at.isoformat()), 0.5)
+        views.at_threshold(resources.predictions(url, run.id), 0.5)
     resources.model_choices(url)
     return {**seen, "states": sv.state_counts(table), "rows": sorted(rows),
             "numbers": sorted(int(n) for n in table["number"])}
