@@ -4,15 +4,16 @@
 
 Builds the database once (through the Store and Optuna's API; real IMDB test reviews when
 ../shared/data/imdb/test.parquet exists), then renders every page with streamlit's AppTest.
-Prints one JSON object per page. `ours` is the slowest warm render: the page rerun with its
-caches filled (what a user clicking around sees), the first opening of the study explorer's
-slowest tab, or the live page classifying and explaining a typed review (model loaded). `detail_s` adds `cold`, the first render after every cache was cleared
-(libraries already imported: the cost of the first visitor after a server start).
+Prints one JSON object per page and writes them to bench/results (see bench.emit). `ours` is
+the slowest warm render: the page rerun with its caches filled (what a user clicking around
+sees), the first opening of the study explorer's slowest tab, or the live page classifying and
+explaining a typed review (model loaded). `detail_s` adds `cold`, the first render after every
+cache was cleared (libraries already imported: the cost of the first visitor after a server
+start).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench import cpu_name
+from bench import cpu_name, emit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", help=f"database URL (default: a SQLite file {DEFAULT_DB})")
     parser.add_argument("--rebuild", action="store_true", help="build the database again")
     parser.add_argument("--repeats", type=int, default=5, help="warm renders per page")
+    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args(argv)
     url = args.db or f"sqlite:///{DEFAULT_DB}"
     if args.db is None and (args.rebuild or not DEFAULT_DB.exists()):
@@ -103,14 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["SENTIMENT_DB"] = url
     for page in PAGES:  # import every library once, so cold renders time the page itself
         open_page(page).run()
-    device = cpu_name()
+    device, figures = cpu_name(), []
     for page in PAGES:
         times = measure(page, args.repeats)
         slowest = max(v for k, v in times.items() if k != "cold" and "loads" not in k)
-        print(json.dumps({"name": f"dashboard_page_{page}", "unit": "s", "ours": round(slowest, 3),
-                          "peer": None, "ratio": None, "higher_is_better": False,
-                          "device": device,
-                          "detail_s": {k: round(v, 3) for k, v in times.items()}}), flush=True)
+        figures.append({"name": f"dashboard_page_{page}", "unit": "s", "ours": round(slowest, 3),
+                        "peer": None, "ratio": None, "higher_is_better": False, "device": device,
+                        "config": {"repeats": args.repeats, "db": url},
+                        "detail_s": {k: round(v, 3) for k, v in times.items()}})
+    emit("dashboard", figures, args.results_dir, args.tag)
     return 0
 
 

@@ -86,9 +86,9 @@ class Config:
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cuda": {"trials": 8, "train_size": None, "eval_size": 2500, "test_size": None,
              "max_length": 512, "batch_size": 64},
-    # The original study's 200 training and 200 evaluation reviews; 128 tokens keep a whole
-    # `run` with MiniLM near 10 minutes on 2 cores (an epoch of 200 reviews at 256 tokens took
-    # ~80 s there, so 3 trials of up to 5 epochs would take half an hour).
+    # The original study's 200 training and 200 evaluation reviews at 128 tokens: a whole `run`
+    # with MiniLM took 3 min 11 s on 2 idle Xeon cores (bench/results/trainer-run-cpu-xeon-*.log)
+    # and 17 min on 2 EPYC cores shared with a benchmark.
     "cpu": {"trials": 3, "train_size": 200, "eval_size": 200, "test_size": 500,
             "max_length": 128, "batch_size": 16},
 }
