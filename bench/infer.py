@@ -105,7 +105,7 @@ def sentiment_model(name: str, data: Any, args: argparse.Namespace
     from trainer.splits import stratified_subset
 
     train = stratified_subset(data.train, args.finetune_size, args.seed)
-    train_fast(clf.model, clf.tokenizer, train.texts, train.labels, [], [], params,
+    train_fast(clf.model, clf.tokenizer, train.texts, train.labels, [], params,
                max_length=args.finetune_length, seed=args.seed, device="cpu", progress=True)
     save_classifier(clf, cached)
     return load_classifier(str(cached), device="cpu"), tuned

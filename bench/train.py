@@ -194,7 +194,7 @@ def run_ours(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
     compile_ = {"auto": None, "on": True, "off": False}[args.compile]
     clock = _Clock(args.device, len(train) * args.epochs)
     _, wall = timed(lambda: train_fast(
-        clf.model, clf.tokenizer, train.texts, train.labels, [], [], params,
+        clf.model, clf.tokenizer, train.texts, train.labels, [], params,
         max_length=args.max_length, seed=args.seed, device=args.device, progress=args.progress,
         compile=compile_, positive_index=clf.positive_index,
         on_step=lambda step, n: clock.step(n)), args.device)

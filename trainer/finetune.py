@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from trainer.errors import ConfigError
+from trainer.loop import check_ranges, train_fast
 from trainer.transformer import (
     Classifier,
     TrainingDiverged,
@@ -83,10 +83,8 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
     trainer = None
     try:
         if fast:
-            from trainer.loop import train_fast
-
             trained = train_fast(clf.model, clf.tokenizer, train_texts, train_labels, val_texts,
-                                 val_labels, hp, max_length=_max_length(clf, max_length),
+                                 hp, max_length=_max_length(clf, max_length),
                                  seed=seed, on_epoch=on_epoch, device=device, progress=progress,
                                  positive_index=clf.positive_index)
         else:
@@ -114,16 +112,7 @@ def _hyperparameters(params: dict) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown fine-tuning parameters {unknown}; known: {sorted(DEFAULT_PARAMS)}")
     hp = {**DEFAULT_PARAMS, **params}
-    checks = {
-        "learning_rate": math.isfinite(hp["learning_rate"]) and hp["learning_rate"] > 0,
-        "warmup_ratio": 0.0 <= hp["warmup_ratio"] <= 1.0,
-        "num_train_epochs": hp["num_train_epochs"] >= 1,
-        "per_device_train_batch_size": int(hp["per_device_train_batch_size"]) >= 1,
-        "weight_decay": hp["weight_decay"] >= 0,
-    }
-    for name, ok in checks.items():
-        if not ok:
-            raise ConfigError(f"fine-tuning parameter {name} is out of range, got {hp[name]!r}")
+    check_ranges(hp)
     return hp
 
 

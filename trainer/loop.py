@@ -157,7 +157,7 @@ def _to_device(tensor: torch.Tensor, device: torch.device, pin: bool) -> torch.T
 
 
 def train_fast(model: Any, tokenizer: Any, train_texts: Sequence[str], train_labels: Sequence[int],
-               val_texts: Sequence[str], val_labels: Sequence[int], params: dict, *,
+               val_texts: Sequence[str], params: dict, *,
                max_length: int, seed: int,
                on_epoch: Callable[[int, np.ndarray], None] | None = None,
                device: str | None = None, progress: bool = False, compile: bool | None = None,
@@ -175,7 +175,6 @@ def train_fast(model: Any, tokenizer: Any, train_texts: Sequence[str], train_lab
         train_texts: training reviews.
         train_labels: 0 negative, 1 positive.
         val_texts: validation reviews scored after every epoch (may be empty: no scoring).
-        val_labels: their labels (kept for symmetry with fine_tune; the caller scores them).
         params: learning_rate, warmup_ratio, num_train_epochs, per_device_train_batch_size,
             weight_decay, and optionally tokens_per_batch (padded tokens per step).
         max_length: tokens kept per review.
@@ -280,13 +279,29 @@ def _check_params(params: dict, n_texts: int, n_labels: int) -> dict[str, Any]:
                           f"{n_texts} texts and {n_labels} labels")
     hp = {**params, "num_train_epochs": int(params["num_train_epochs"]),
           "per_device_train_batch_size": int(params["per_device_train_batch_size"])}
-    ok = (hp["learning_rate"] > 0 and 0 <= hp["warmup_ratio"] <= 1 and hp["num_train_epochs"] >= 1
-          and hp["per_device_train_batch_size"] >= 1 and hp["weight_decay"] >= 0
-          and int(hp.get("tokens_per_batch", 1)) >= 1)
-    if not ok:
-        raise ConfigError(f"a fine-tuning parameter is out of range in {params}; expected a "
-                          f"positive learning rate and batch size, warmup_ratio in [0, 1]")
+    check_ranges(hp)
     return hp
+
+
+def check_ranges(hp: dict[str, Any]) -> None:
+    """Refuse fine-tuning parameters out of range (both engines share these ranges).
+
+    Raises:
+        ConfigError: naming the first parameter out of range and its value.
+    """
+    from trainer.errors import ConfigError
+
+    checks = {
+        "learning_rate": math.isfinite(hp["learning_rate"]) and hp["learning_rate"] > 0,
+        "warmup_ratio": 0.0 <= hp["warmup_ratio"] <= 1.0,
+        "num_train_epochs": hp["num_train_epochs"] >= 1,
+        "per_device_train_batch_size": int(hp["per_device_train_batch_size"]) >= 1,
+        "weight_decay": hp["weight_decay"] >= 0,
+        "tokens_per_batch": int(hp.get("tokens_per_batch", 1)) >= 1,
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise ConfigError(f"fine-tuning parameter {name} is out of range, got {hp[name]!r}")
 
 
 def _is_sdpa(model: Any) -> bool:

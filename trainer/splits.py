@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from storage.records import Predictions
 from trainer.errors import DataError
 
 
@@ -35,6 +36,11 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def predictions(self, probs: Sequence[float]) -> Predictions:
+        """A model's positive-class probabilities on these reviews, ready to store."""
+        return Predictions(self.ids, tuple(int(x) for x in self.labels),
+                           tuple(float(p) for p in probs), self.texts)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Split):

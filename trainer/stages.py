@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from storage import Predictions, Run, RunSpec
+from storage import Run, RunSpec
 from trainer.config import Config
 from trainer.data import load_imdb
 from trainer.errors import TrainerError
@@ -53,15 +53,10 @@ def for_transformers(config: Config) -> Config:
     return config.sized_for(default_device())
 
 
-def _predictions(split: Split, probs) -> Predictions:
-    return Predictions(tuple(split.ids), tuple(int(x) for x in split.labels),
-                       tuple(float(p) for p in probs), tuple(split.texts))
-
-
 def _save(ctx: Context, spec: RunSpec, split: Split, probs, started: float) -> Run:
     evaluation = evaluate(split.labels, probs, seed=ctx.config.seed)
     spec = replace(spec, duration_s=round(time.monotonic() - started, 3))
-    run_id = ctx.store.save_run(spec, evaluation, _predictions(split, probs))
+    run_id = ctx.store.save_run(spec, evaluation, split.predictions(probs))
     return ctx.store.get_run(run_id)
 
 

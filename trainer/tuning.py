@@ -373,9 +373,7 @@ class _TrialRecord:
         val, trial = self.objective.validation, self.trial
         probs = np.asarray(probs, dtype=float).reshape(-1)
         evaluation = evaluate(val.labels, probs, seed=self.objective.config.seed)
-        predictions = Predictions(tuple(val.ids), tuple(int(x) for x in val.labels),
-                                  tuple(float(p) for p in probs), tuple(val.texts))
-        self.last = (epoch, evaluation, predictions)
+        self.last = (epoch, evaluation, val.predictions(probs))
         self.save(artifact=None)
         self.history.append({"epoch": epoch, **_finite(evaluation.scalars)})
         trial.set_user_attr(EPOCH_METRICS, self.history)

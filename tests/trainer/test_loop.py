@@ -78,7 +78,7 @@ def test_train_fast_reports_each_epoch_and_learns_a_separable_task(clf) -> None:
     val_texts, val_labels = _task(48, seed=2)
     before = loop.predict_fast(clf.model, clf.tokenizer, val_texts, max_length=64)
     calls: list[tuple[int, np.ndarray]] = []
-    model = loop.train_fast(clf.model, clf.tokenizer, texts, labels, val_texts, val_labels, PARAMS,
+    model = loop.train_fast(clf.model, clf.tokenizer, texts, labels, val_texts, PARAMS,
                             max_length=64, seed=0, on_epoch=lambda e, p: calls.append((e, p)))
     assert [epoch for epoch, _ in calls] == [1, 2]
     for _, probs in calls:
@@ -90,7 +90,7 @@ def test_train_fast_reports_each_epoch_and_learns_a_separable_task(clf) -> None:
 
 def test_train_fast_maps_labels_to_the_positive_index(clf) -> None:
     texts, labels = _task(320, seed=4)
-    loop.train_fast(clf.model, clf.tokenizer, texts, labels, [], [], PARAMS, max_length=64,
+    loop.train_fast(clf.model, clf.tokenizer, texts, labels, [], PARAMS, max_length=64,
                     seed=0, positive_index=0)
     probs = loop.predict_fast(clf.model, clf.tokenizer, texts, max_length=64, positive_index=0)
     assert _accuracy(probs, labels) >= 0.9
@@ -108,7 +108,7 @@ def test_an_error_raised_in_on_epoch_propagates_unchanged(clf) -> None:
 
     texts, labels = _task(32, seed=5)
     with pytest.raises(Pruned):
-        loop.train_fast(clf.model, clf.tokenizer, texts, labels, texts[:8], labels[:8], PARAMS,
+        loop.train_fast(clf.model, clf.tokenizer, texts, labels, texts[:8], PARAMS,
                         max_length=64, seed=0, on_epoch=prune)
     assert calls == [1]
 
@@ -120,7 +120,7 @@ def test_a_nan_loss_raises_training_diverged(clf) -> None:
         clf.model.classifier.weight.fill_(float("nan"))
     texts, labels = _task(32, seed=6)
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
-        loop.train_fast(clf.model, clf.tokenizer, texts, labels, [], [], PARAMS, max_length=64,
+        loop.train_fast(clf.model, clf.tokenizer, texts, labels, [], PARAMS, max_length=64,
                         seed=0)
 
 
@@ -128,6 +128,6 @@ def test_missing_parameters_are_named(clf) -> None:
     from trainer.errors import ConfigError
 
     with pytest.raises(ConfigError, match="warmup_ratio"):
-        loop.train_fast(clf.model, clf.tokenizer, ["x"], [1], [], [], {"learning_rate": 1e-3,
+        loop.train_fast(clf.model, clf.tokenizer, ["x"], [1], [], {"learning_rate": 1e-3,
                         "num_train_epochs": 1, "per_device_train_batch_size": 1,
                         "weight_decay": 0.0}, max_length=16, seed=0)
