@@ -182,15 +182,6 @@ def curves_frame(runs: Sequence[Run], kind: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def curve_auc(curve: Curve) -> float:
-    """Area under a stored curve (trapezoids over x sorted ascending)."""
-    x, y = np.asarray(curve.x, dtype=float), np.asarray(curve.y, dtype=float)
-    if x.size < 2:
-        return math.nan
-    order = np.argsort(x, kind="stable")
-    return float(np.trapezoid(y[order], x[order]))
-
-
 def probability_histogram(preds: pd.DataFrame, bins: int = 20) -> pd.DataFrame:
     """Counts of predicted positive probability per bin and true class (never raw points)."""
     edges = np.linspace(0.0, 1.0, bins + 1)

@@ -66,10 +66,20 @@ def pg_schema_url(postgres_url: str) -> Iterator[str]:
 @pytest.fixture(params=["sqlite-file", "sqlite-memory", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Database URLs for contract suites: SQLite file, SQLite memory, PostgreSQL (own schema)."""
-    if request.param == "sqlite-file":
-        return f"sqlite:///{tmp_path / 'test.db'}"
     if request.param == "sqlite-memory":
         return "sqlite://"
+    return _file_or_postgres(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite-file", "postgresql"])
+def file_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database that other engines and processes can open too: a SQLite file or PostgreSQL."""
+    return _file_or_postgres(request, tmp_path)
+
+
+def _file_or_postgres(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite-file":
+        return f"sqlite:///{tmp_path / 'test.db'}"
     return request.getfixturevalue("pg_schema_url")
 
 

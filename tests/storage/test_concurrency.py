@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from storage.models import VERSION_TABLE
@@ -27,24 +25,17 @@ def _worker(url: str, barrier: multiprocessing.synchronize.Barrier, worker: int)
     store.close()
 
 
-@pytest.fixture(params=["sqlite-file", "postgresql"])
-def new_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite-file":
-        return f"sqlite:///{tmp_path / 'concurrent.db'}"
-    return request.getfixturevalue("pg_schema_url")
-
-
-def test_two_processes_writing_one_new_database_lose_nothing(new_db_url: str) -> None:
+def test_two_processes_writing_one_new_database_lose_nothing(file_db_url: str) -> None:
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
-    workers = [context.Process(target=_worker, args=(new_db_url, barrier, w)) for w in (0, 1)]
+    workers = [context.Process(target=_worker, args=(file_db_url, barrier, w)) for w in (0, 1)]
     for process in workers:
         process.start()
     for process in workers:
         process.join(timeout=240)
     assert [p.exitcode for p in workers] == [0, 0]
 
-    with open_store(new_db_url) as store:
+    with open_store(file_db_url) as store:
         for worker in (0, 1):
             assert sorted(store.trial_runs(f"worker{worker}")) == list(range(RUNS_PER_WORKER))
         assert sorted(store.trial_runs("shared")) == list(range(SHARED_TRIALS))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import optuna
 import pytest
@@ -40,25 +39,17 @@ def test_our_version_table_holds_the_head_revision(store: Store) -> None:
     assert all(name.startswith(TABLE_PREFIX) for name in tables)
 
 
-@pytest.fixture(params=["sqlite-file", "postgresql"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database that a second engine (Optuna's) can open too: not an in-memory one."""
-    if request.param == "sqlite-file":
-        return f"sqlite:///{tmp_path / 'shared.db'}"
-    return request.getfixturevalue("pg_schema_url")
-
-
 MakeStorage = Callable[[], optuna.storages.RDBStorage]
 
 
 @pytest.fixture
-def optuna_storage(shared_url: str) -> Iterator[MakeStorage]:
+def optuna_storage(file_db_url: str) -> Iterator[MakeStorage]:
     """Opens Optuna storages on the shared URL, each disposed after the test."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     opened: list[optuna.storages.RDBStorage] = []
 
     def make() -> optuna.storages.RDBStorage:
-        opened.append(optuna.storages.RDBStorage(shared_url))
+        opened.append(optuna.storages.RDBStorage(file_db_url))
         return opened[-1]
 
     yield make
@@ -81,10 +72,10 @@ def _version_tables(store: Store) -> dict[str, list[str]]:
 
 
 def test_store_opens_after_optuna_created_its_tables(
-    shared_url: str, optuna_storage: MakeStorage
+    file_db_url: str, optuna_storage: MakeStorage
 ) -> None:
     _optimize(optuna_storage(), trials=2)
-    with open_store(shared_url) as store:
+    with open_store(file_db_url) as store:
         store.save_run(samples.spec("trial", study="s", trial=0), samples.evaluation())
         versions = _version_tables(store)
     assert versions[VERSION_TABLE] == ["0001"]
@@ -93,11 +84,11 @@ def test_store_opens_after_optuna_created_its_tables(
 
 
 def test_optuna_opens_after_the_store_created_its_tables(
-    shared_url: str, optuna_storage: MakeStorage
+    file_db_url: str, optuna_storage: MakeStorage
 ) -> None:
-    with open_store(shared_url) as store:
+    with open_store(file_db_url) as store:
         store.save_run(samples.spec("baseline"), samples.evaluation())
     assert len(_optimize(optuna_storage(), trials=2).trials) == 2
-    with open_store(shared_url) as reopened:
+    with open_store(file_db_url) as reopened:
         assert len(reopened.list_runs()) == 1
         assert _version_tables(reopened)[VERSION_TABLE] == ["0001"]

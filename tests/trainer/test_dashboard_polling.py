@@ -25,15 +25,12 @@ DATA_CACHES = ("runs", "trial_runs", "run_studies", "predictions", "study_names"
                "study_trials", "importances", "model_choices")
 
 
-@pytest.fixture(params=["sqlite-file", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture
+def url(file_db_url: str) -> Iterator[str]:
     """A SQLite file or a fresh PostgreSQL schema; the dashboard's cached connections closed."""
     st.cache_data.clear()
     st.cache_resource.clear()
-    if request.param == "sqlite-file":
-        db = f"sqlite:///{tmp_path / 'runs.db'}"
-    else:
-        db = request.getfixturevalue("pg_schema_url")
+    db = file_db_url
     open_store(db).close()  # our tables exist before the dashboard opens them
     yield db
     resources.store(db).close()

@@ -108,13 +108,6 @@ print("worker done", os.getpid(), flush=True)
 '''
 
 
-@pytest.fixture(params=["sqlite-file", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite-file":
-        return f"sqlite:///{tmp_path / 'runs.db'}"
-    return request.getfixturevalue("pg_schema_url")
-
-
 class Workers:
     """Starts worker processes and cleans up any left behind."""
 
@@ -178,9 +171,9 @@ def count(study: optuna.Study) -> dict[TrialState, int]:
 
 
 def test_eight_workers_finish_forty_trials_without_loss_or_duplicates(
-    url: str, tmp_path: Path, workers: Workers
+    file_db_url: str, tmp_path: Path, workers: Workers
 ) -> None:
-    config = make_config(url, tmp_path, heartbeat=5)
+    config = make_config(file_db_url, tmp_path, heartbeat=5)
     tuning.open_study(config, create=True)
     for _ in range(8):
         workers.start(config, n_trials=5)
@@ -193,7 +186,7 @@ def test_eight_workers_finish_forty_trials_without_loss_or_duplicates(
     assert states[TrialState.WAITING] == 0
     numbers = sorted(t.number for t in study.get_trials(deepcopy=False))
     assert numbers == list(range(40))
-    store = open_store(url)
+    store = open_store(file_db_url)
     rows = store.list_runs(stage="trial", study=config.study)
     assert sorted(r.spec.trial for r in rows) == numbers  # one row per trial, none lost
     complete = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -204,9 +197,9 @@ def test_eight_workers_finish_forty_trials_without_loss_or_duplicates(
 
 
 def test_a_killed_worker_s_trial_fails_and_is_retried_once_with_the_same_params(
-    url: str, tmp_path: Path, workers: Workers
+    file_db_url: str, tmp_path: Path, workers: Workers
 ) -> None:
-    config = make_config(url, tmp_path, heartbeat=1)
+    config = make_config(file_db_url, tmp_path, heartbeat=1)
     study = tuning.open_study(config, create=True)
     victim = workers.start(config, n_trials=1, epoch_s=0.2, stall_after=1)
     workers.wait_for_mark(victim, epoch=1)
@@ -227,7 +220,7 @@ def test_a_killed_worker_s_trial_fails_and_is_retried_once_with_the_same_params(
     assert retry.params == killed.params
     assert retry.user_attrs[tuning.EPOCH_METRICS][-1]["epoch"] == retry.params["num_train_epochs"]
     assert "failed_trial" not in trials[2].system_attrs  # retried once, not again
-    store = open_store(url)
+    store = open_store(file_db_url)
     rows = {r.spec.trial: r for r in store.list_runs(stage="trial", study=config.study)}
     assert sorted(rows) == [0, 1, 2]  # no orphan: every row belongs to one trial of the study
     assert rows[killed.number].spec.config["epoch"] == 1  # the retry overwrote nothing of it
@@ -246,9 +239,9 @@ def wait_until_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> No
 
 
 def test_ctrl_c_in_a_tune_process_leaves_no_running_trial(
-    url: str, tmp_path: Path, workers: Workers
+    file_db_url: str, tmp_path: Path, workers: Workers
 ) -> None:
-    config = make_config(url, tmp_path, heartbeat=60)
+    config = make_config(file_db_url, tmp_path, heartbeat=60)
     tuner = workers.start(config, n_trials=3, mode="tune", stall_after=1)
     workers.wait_for_mark(tuner, epoch=1)
     tuner.send_signal(signal.SIGINT)
@@ -258,6 +251,6 @@ def test_ctrl_c_in_a_tune_process_leaves_no_running_trial(
     (trial,) = study.get_trials(deepcopy=False)
     assert trial.state == TrialState.FAIL
     assert "interrupted" in trial.user_attrs[tuning.FAIL_REASON]
-    store = open_store(url)
+    store = open_store(file_db_url)
     assert sorted(store.trial_runs(config.study)) == [0]
     store.close()
