@@ -22,9 +22,17 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import normalize
 from tqdm.auto import tqdm
 
+from trainer.baseline_features import (
+    Index,
+    build_index,
+    count_matrix,
+    lookup,
+    occurrence_weights,
+    original_offsets,
+)
 from trainer.errors import DataError
 from trainer.explanation import Contribution
-from trainer.text import _BREAK, clean  # _BREAK: to map cleaned offsets back to the original
+from trainer.text import clean
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # scikit-learn's default, so its TfidfVectorizer reproduces ours
 _TOKENS = re.compile(TOKEN_PATTERN)
@@ -49,16 +57,6 @@ class _Counts:
     second: np.ndarray  # -1 for a unigram
 
 
-@dataclass(frozen=True)
-class _Index:
-    """Lookup tables from words and word pairs to feature columns."""
-
-    words: pa.Array
-    unigram: np.ndarray  # word id → column; -1 when none, and at [-1] for unknown words
-    pairs: pd.Index  # first_id * n_words + second_id, one per bigram column
-    pair_cols: np.ndarray  # the bigrams' columns, then -1 for get_indexer's "not found"
-
-
 @dataclass(frozen=True, eq=False)  # eq=False: numpy fields make a generated __eq__ ambiguous
 class BaselineModel:
     """A fitted TF-IDF + logistic regression model over `clean`ed text.
@@ -74,8 +72,8 @@ class BaselineModel:
     params: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
-    def _index(self) -> _Index:
-        return _build_index(self.vocabulary)
+    def _index(self) -> Index:
+        return build_index(self.vocabulary)
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """TF-IDF features, identical to scikit-learn's TfidfVectorizer(preprocessor=clean).
@@ -86,8 +84,13 @@ class BaselineModel:
         Returns:
             A documents × vocabulary CSR matrix of L2-normalised tf-idf weights.
         """
-        doc, uni, pair = _lookup(self._index, *_tokens([clean(t) for t in texts]))
-        counts = _count_matrix(doc, uni, pair, (len(texts), len(self.vocabulary)))
+        doc, uni, pair = lookup(self._index, *_tokens([clean(t) for t in texts]))
+        return self._features(doc, uni, pair, len(texts))
+
+    def _features(self, doc: np.ndarray, uni: np.ndarray, pair: np.ndarray, n_docs: int
+                  ) -> sp.csr_matrix:
+        """TF-IDF rows of `n_docs` documents from the columns `lookup` found for their tokens."""
+        counts = count_matrix(doc, uni, pair, (n_docs, len(self.vocabulary)))
         return _tfidf(counts, self.idf, bool(self.params.get("sublinear_tf", False)))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -117,9 +120,9 @@ class BaselineModel:
         cleaned = clean(text)
         matches = list(_TOKENS.finditer(cleaned))
         tokens = pa.array([m.group() for m in matches], pa.large_string())
-        doc, uni, pair = _lookup(self._index, tokens, np.zeros(len(matches), dtype=np.int64))
-        weight = _occurrence_weights(self, doc, uni, pair)
-        offsets = _original_offsets(text, len(cleaned))
+        doc, uni, pair = lookup(self._index, tokens, np.zeros(len(matches), dtype=np.int64))
+        weight = occurrence_weights(self._features(doc, uni, pair, 1), self.coef, uni, pair)
+        offsets = original_offsets(text, len(cleaned))
         order = [i for i in np.argsort(-np.abs(weight), kind="stable") if weight[i] != 0]
         spans = [(int(offsets[matches[i].start()]), int(offsets[matches[i].end() - 1]) + 1)
                  for i in order[:top_k]]
@@ -339,83 +342,3 @@ def train_baseline(texts: Sequence[str], labels: Sequence[int], *, seed: int = 0
               "validation_fraction": VALIDATION_FRACTION, "n_features": len(model.vocabulary),
               "selection": scores, "seconds": stages.seconds}
     return replace(model, params=params)
-
-
-def _build_index(vocabulary: Sequence[str]) -> _Index:
-    parts = pc.split_pattern(pa.array(vocabulary, pa.large_string()), " ", max_splits=1)
-    ends = parts.offsets.to_numpy()
-    encoded = pc.dictionary_encode(pc.list_flatten(parts))
-    codes = encoded.indices.to_numpy().astype(np.int64)
-    first, second = codes[ends[:-1]], codes[ends[1:] - 1]
-    is_pair = np.diff(ends) == 2
-    unigram = np.full(len(encoded.dictionary) + 1, -1, dtype=np.int64)
-    unigram[first[~is_pair]] = np.flatnonzero(~is_pair)
-    keys = pd.Index(first[is_pair] * len(encoded.dictionary) + second[is_pair])
-    return _Index(encoded.dictionary, unigram, keys,
-                  np.append(np.flatnonzero(is_pair), -1))
-
-
-def _lookup(index: _Index, flat: pa.Array, doc: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per token: its document and unigram column; per adjacent pair: the bigram column (-1: none).
-
-    The pair array is as long as the token array; entry i is the pair (token i, token i + 1).
-    """
-    ids = pc.fill_null(pc.index_in(flat, value_set=index.words), -1).to_numpy().astype(np.int64)
-    uni = index.unigram[ids]
-    pair = np.full(len(ids), -1, dtype=np.int64)
-    both = np.flatnonzero((ids[:-1] >= 0) & (ids[1:] >= 0) & (doc[:-1] == doc[1:]))
-    at = index.pairs.get_indexer(ids[both] * len(index.words) + ids[both + 1])
-    pair[both] = index.pair_cols[at]
-    return doc, uni, pair
-
-
-def _count_matrix(doc: np.ndarray, uni: np.ndarray, pair: np.ndarray, shape: tuple[int, int]
-                  ) -> sp.csr_matrix:
-    rows = np.concatenate([doc[uni >= 0], doc[pair >= 0]])
-    cols = np.concatenate([uni[uni >= 0], pair[pair >= 0]])
-    matrix = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=shape)
-    matrix.sum_duplicates()
-    return matrix
-
-
-def _occurrence_weights(model: BaselineModel, doc: np.ndarray, uni: np.ndarray,
-                        pair: np.ndarray) -> np.ndarray:
-    """Each token's share of coef · x for one document (see BaselineModel.contributions)."""
-    n_features = len(model.vocabulary)
-    counts = _count_matrix(doc, uni, pair, (1, n_features))
-    x = _tfidf(counts, model.idf, bool(model.params.get("sublinear_tf", False)))
-    total = np.zeros(n_features)
-    total[x.indices] = x.data * model.coef[x.indices]
-    occurrences = np.bincount(np.concatenate([uni[uni >= 0], pair[pair >= 0]]),
-                              minlength=n_features)
-    per = np.divide(total, occurrences, out=np.zeros(n_features), where=occurrences > 0)
-    weight = np.where(uni >= 0, per[uni], 0.0)
-    half = np.where(pair >= 0, per[pair], 0.0) / 2
-    weight += half
-    weight[1:] += half[:-1]
-    return weight
-
-
-def _original_offsets(text: str, cleaned_length: int) -> np.ndarray:
-    """For each character of clean(text), the index of the original character it came from.
-
-    `clean` turns each `<br />` into one space and every other character into its lower case,
-    whose length does not depend on context (only final sigma is contextual, and stays one).
-    """
-    offsets: list[int] = []
-    start = 0
-    for match in itertools.chain(_BREAK.finditer(text), [None]):
-        end = match.start() if match else len(text)
-        if text[start:end].isascii():
-            offsets.extend(range(start, end))
-        else:
-            for i in range(start, end):
-                offsets.extend([i] * len(text[i].lower()))
-        if match:
-            offsets.append(match.start())
-            start = match.end()
-    if len(offsets) != cleaned_length:
-        raise RuntimeError("trainer.text.clean changed in a way _original_offsets must follow")
-    return np.array(offsets, dtype=np.int64)
-

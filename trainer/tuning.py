@@ -14,28 +14,22 @@ would be saved.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
-from storage.records import Evaluation, Predictions, RunSpec
 from trainer.config import Config
 from trainer.errors import ConfigError, TrainerError
-from trainer.metrics import evaluate
 from trainer.splits import Split
+from trainer.trials import EPOCH_METRICS, FAIL_REASON, TrialRecord, log_trial, quiet_optuna
 from trainer.workers import keep_best_artifacts, optuna_storage, ranked, study_dir_name
 
 log = logging.getLogger(__name__)
@@ -57,8 +51,6 @@ _LIMITS = {
     "weight_decay": (0.0, 10.0, True),
 }
 KEEP_ARTIFACTS = 2  # model directories kept per study: those of the best complete trials
-EPOCH_METRICS = "epoch_metrics"  # user attr: [{"epoch": 1, "accuracy": …, "loss": …}, …]
-FAIL_REASON = "fail_reason"  # user attr of a FAIL trial that we ended ourselves
 
 
 class TrialFailed(TrainerError):
@@ -191,17 +183,6 @@ def open_study(config: Config, *, create: bool, seed: int | None = None) -> optu
                                    load_if_exists=True)
 
 
-@contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna's warnings only, for a while: log_trial says what its INFO lines would."""
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-
-
 def _missing_study(name: str, url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -277,23 +258,6 @@ def _optimize(study: optuna.Study, config: Config, train: Split, validation: Spl
     return study
 
 
-def log_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Log one short line on how a trial ended (an Optuna callback)."""
-    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in trial.params.items())
-    if trial.state == TrialState.COMPLETE:
-        best = study.best_trial
-        log.info("trial %d: accuracy %.4f (best: trial %d, %.4f); %s", trial.number, trial.value,
-                 best.number, best.value, params)
-    elif trial.state == TrialState.PRUNED and trial.intermediate_values:
-        epoch = max(trial.intermediate_values)
-        log.info("trial %d: pruned after epoch %d at accuracy %.4f; %s", trial.number, epoch,
-                 trial.intermediate_values[epoch], params)
-    elif trial.state == TrialState.FAIL:
-        log.info("trial %d: failed (%s)", trial.number,
-                 trial.user_attrs.get(FAIL_REASON, "see the log above"))
-
-
 # --- one trial -----------------------------------------------------------------------------
 
 
@@ -316,7 +280,8 @@ class _Objective:
 
         params = suggest(trial, self.config.search_space)
         trial.set_user_attr(EPOCH_METRICS, [])  # a retried trial inherits its original's attrs
-        record = _TrialRecord(self, trial, params)
+        record = TrialRecord(self.config, self.validation, self.store, self.data_source, trial,
+                              params)
         try:
             return self._train(transformer, record)
         except optuna.TrialPruned:
@@ -333,7 +298,7 @@ class _Objective:
         finally:
             transformer.free_memory()
 
-    def _train(self, transformer: Any, record: _TrialRecord) -> float:
+    def _train(self, transformer: Any, record: TrialRecord) -> float:
         from trainer import finetune
 
         c, train, val = self.config, self.train, self.validation
@@ -350,61 +315,6 @@ class _Objective:
         saved = transformer.save_classifier(clf, target)
         record.save(artifact=str(Path(saved).resolve()))
         return record.accuracy
-
-
-@dataclass
-class _TrialRecord:
-    """One trial's stored state: its latest epoch's run (replaced each epoch) and history."""
-
-    objective: _Objective
-    trial: optuna.Trial
-    params: dict[str, Any]
-    started: float = field(default_factory=time.monotonic)
-    last: tuple[int, Evaluation, Predictions] | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def accuracy(self) -> float:
-        assert self.last is not None
-        return float(self.last[1].scalars["accuracy"])
-
-    def on_epoch(self, epoch: int, probs: np.ndarray) -> None:
-        """Score, store and report one epoch; prune unless it was the last epoch anyway."""
-        val, trial = self.objective.validation, self.trial
-        probs = np.asarray(probs, dtype=float).reshape(-1)
-        evaluation = evaluate(val.labels, probs, seed=self.objective.config.seed)
-        self.last = (epoch, evaluation, val.predictions(probs))
-        self.save(artifact=None)
-        self.history.append({"epoch": epoch, **_finite(evaluation.scalars)})
-        trial.set_user_attr(EPOCH_METRICS, self.history)
-        trial.report(self.accuracy, epoch)
-        if epoch < self.params["num_train_epochs"] and trial.should_prune():
-            raise optuna.TrialPruned(f"accuracy {self.accuracy:.4f} after epoch {epoch}")
-
-    def save(self, *, artifact: str | None) -> None:
-        """Store the latest epoch as this trial's run (one transaction, replacing the last)."""
-        assert self.last is not None
-        epoch, evaluation, predictions = self.last
-        o, c = self.objective, self.objective.config
-        spec = RunSpec(
-            stage="trial", model=c.model, split="validation", data_source=o.data_source,
-            config={**c.to_json(), "params": self.params, "epoch": epoch,
-                    "epochs_planned": self.params["num_train_epochs"]},
-            config_hash=_trial_hash(c, self.params), study=c.study, trial=self.trial.number,
-            artifact=artifact, duration_s=round(time.monotonic() - self.started, 3),
-        )
-        o.store.save_run(spec, evaluation, predictions)
-
-
-def _trial_hash(config: Config, params: dict[str, Any]) -> str:
-    base = config.fingerprint("data", "model", "train_size", "eval_size", "max_length", "seed")
-    blob = json.dumps({"config": base, "params": params}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _finite(scalars: dict[str, float]) -> dict[str, float | None]:
-    """JSON-safe metrics: NaN (roc_auc with one class present) becomes None."""
-    return {k: (float(v) if math.isfinite(v) else None) for k, v in scalars.items()}
 
 
 def _failure_reason(error: Exception, transformer: Any) -> str | None:

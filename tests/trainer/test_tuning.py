@@ -18,6 +18,7 @@ from trainer import finetune, transformer, tuning, workers
 from trainer.config import Config
 from trainer.errors import ConfigError, TrainerError
 from trainer.splits import Split
+from trainer.trials import EPOCH_METRICS, FAIL_REASON, log_trial
 
 POSITIVE = ["great", "wonderful", "superb", "loved", "brilliant", "moving"]
 NEGATIVE = ["awful", "boring", "terrible", "hated", "dull", "weak"]
@@ -146,7 +147,7 @@ def test_three_trial_study_stores_validation_runs_with_predictions(
         assert run.spec.config["epoch"] == max(t.intermediate_values)
         last_epoch = run.spec.config["epoch"]
         assert run.evaluation.scalars["accuracy"] == t.intermediate_values[last_epoch]
-        epochs = t.user_attrs[tuning.EPOCH_METRICS]
+        epochs = t.user_attrs[EPOCH_METRICS]
         assert [e["epoch"] for e in epochs] == sorted(t.intermediate_values)
         assert all("loss" in e and "roc_auc" in e for e in epochs)
         predictions = store.predictions(run.id)
@@ -206,7 +207,7 @@ def test_ctrl_c_leaves_no_running_trial_and_resume_goes_on(
     trials = study.get_trials(deepcopy=False)
     assert [t.number for t in trials] == list(range(10))
     assert states(study) == [TrialState.COMPLETE, TrialState.FAIL] * 5
-    assert all("interrupted" in t.user_attrs[tuning.FAIL_REASON] for t in trials[1::2])
+    assert all("interrupted" in t.user_attrs[FAIL_REASON] for t in trials[1::2])
     rows = store.list_runs(stage="trial", study=config.study)
     assert sorted(r.spec.trial for r in rows) == list(range(10))  # one row each, none twice
     assert all(r.spec.config["epoch"] == 1 for r in rows if r.spec.trial % 2)
@@ -280,7 +281,7 @@ def test_diverged_or_out_of_memory_trial_fails_with_reason_and_study_goes_on(
     trials = study.get_trials(deepcopy=False)
     assert states(study)[1:4] == [TrialState.FAIL] * 3
     assert TrialState.FAIL not in (states(study)[0], states(study)[4])
-    reasons = [trials[n].user_attrs[tuning.FAIL_REASON] for n in (1, 2, 3)]
+    reasons = [trials[n].user_attrs[FAIL_REASON] for n in (1, 2, 3)]
     assert reasons[0].startswith("training diverged: the training loss became nan")
     assert reasons[1].startswith("out of memory: CUDA out of memory")
     assert reasons[2].startswith("out of memory")
@@ -301,12 +302,12 @@ def test_each_trial_ends_in_one_short_line_instead_of_optunas_info_lines(
 
     calls: list[int] = []
     monkeypatch.setattr(finetune, "fine_tune", second_diverges)
-    caplog.set_level("INFO", logger="trainer.tuning")
+    caplog.set_level("INFO", logger="trainer.trials")
     verbosity = optuna.logging.get_verbosity()
     tuning.tune(make_config(sqlite_url, tmp_path), TRAIN, VALIDATION, store_for(sqlite_url),
                 n_trials=3, progress=False)
 
-    lines = [r.getMessage() for r in caplog.records if r.name == "trainer.tuning"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "trainer.trials"]
     assert [line.split(":")[0] for line in lines] == ["trial 0", "trial 1", "trial 2"]
     assert lines[0].startswith("trial 0: accuracy ") and "(best: trial 0, " in lines[0]
     assert "learning_rate=" in lines[0] and len(lines[0]) < 200
@@ -323,8 +324,8 @@ def test_a_pruned_trial_is_logged_with_its_last_epoch(caplog: pytest.LogCaptureF
                                                      .FloatDistribution(1e-6, 1e-3)},
                                       intermediate_values={1: 0.61, 2: 0.46})
     study.add_trial(trial)
-    caplog.set_level("INFO", logger="trainer.tuning")
-    tuning.log_trial(study, study.trials[0])
+    caplog.set_level("INFO", logger="trainer.trials")
+    log_trial(study, study.trials[0])
     line = "trial 0: pruned after epoch 2 at accuracy 0.4600; learning_rate=3e-05"
     assert caplog.messages == [line]
 

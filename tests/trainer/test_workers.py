@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from storage.store import open_store
 from trainer import tuning
 from trainer.config import Config
+from trainer.trials import EPOCH_METRICS, FAIL_REASON
 
 pytestmark = pytest.mark.slow
 
@@ -218,7 +219,7 @@ def test_a_killed_worker_s_trial_fails_and_is_retried_once_with_the_same_params(
     retry = trials[1]
     assert retry.system_attrs["failed_trial"] == killed.number
     assert retry.params == killed.params
-    assert retry.user_attrs[tuning.EPOCH_METRICS][-1]["epoch"] == retry.params["num_train_epochs"]
+    assert retry.user_attrs[EPOCH_METRICS][-1]["epoch"] == retry.params["num_train_epochs"]
     assert "failed_trial" not in trials[2].system_attrs  # retried once, not again
     store = open_store(file_db_url)
     rows = {r.spec.trial: r for r in store.list_runs(stage="trial", study=config.study)}
@@ -250,7 +251,7 @@ def test_ctrl_c_in_a_tune_process_leaves_no_running_trial(
     study = tuning.open_study(config, create=False)
     (trial,) = study.get_trials(deepcopy=False)
     assert trial.state == TrialState.FAIL
-    assert "interrupted" in trial.user_attrs[tuning.FAIL_REASON]
+    assert "interrupted" in trial.user_attrs[FAIL_REASON]
     store = open_store(file_db_url)
     assert sorted(store.trial_runs(config.study)) == [0]
     store.close()
