@@ -134,3 +134,38 @@ def test_no_reviews_give_no_scores_and_a_bad_method_is_named(clf) -> None:
     assert fast.predict_proba([]).shape == (0,)
     with pytest.raises(ValueError, match="onnx"):
         FastClassifier.from_classifier(clf, max_length=64, method="onnx")
+
+
+@pytest.mark.parametrize("method", ["fp32", "int8", "bf16"])
+def test_only_the_first_token_goes_through_a_bert_last_layer(spread, method: str) -> None:
+    from trainer.inference import _FirstTokenLayer
+
+    fast = FastClassifier.from_classifier(spread, max_length=64, method=method)
+    assert isinstance(fast.model.base_model.encoder.layer[-1], _FirstTokenLayer)
+    assert not isinstance(spread.model.base_model.encoder.layer[-1], _FirstTokenLayer)
+    # The scores it gives: test_fp32_scores_equal_the_eager_model_in_the_input_order (padded
+    # batches and not) and test_reduced_precision_scores_stay_close_to_the_eager_model.
+
+
+class _MeanPooler(torch.nn.Module):
+    """A head that reads every token: cutting the last layer to the first token would change it."""
+
+    def __init__(self, pooler: torch.nn.Module) -> None:
+        super().__init__()
+        self.pooler = pooler
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.pooler(hidden.mean(dim=1, keepdim=True))
+
+
+def test_a_head_reading_every_token_keeps_the_full_last_layer(tiny_model_dir: str) -> None:
+    from trainer.inference import _FirstTokenLayer
+    from trainer.transformer import load_classifier
+
+    clf = load_classifier(tiny_model_dir, device="cpu")
+    clf.model.bert.pooler = _MeanPooler(clf.model.bert.pooler)
+    fast = FastClassifier.from_classifier(clf, max_length=64, method="fp32")
+    assert not isinstance(fast.model.base_model.encoder.layer[-1], _FirstTokenLayer)
+    # One by one: this mean also counts padding, so a padded batch would score otherwise.
+    np.testing.assert_allclose(fast.predict_proba(REVIEWS, batch_size=1), _eager(clf, REVIEWS),
+                               atol=1e-5)
