@@ -155,18 +155,17 @@ class Store:
 
     def list_runs(self, stage: str | None = None, study: str | None = None) -> list[Run]:
         """Runs ordered by id, optionally only those of one stage and/or study."""
-        where = []
-        if stage is not None:
-            where.append(RunRow.stage == stage)
-        if study is not None:
-            where.append(RunRow.study == study)
-        return self._load(*where)
+        return self._load(*_filters(stage, study))
 
-    def run_specs(self) -> dict[int, RunSpec]:
-        """Run id -> what was stored about it, without its metrics: a quick listing of runs."""
+    def run_specs(self, stage: str | None = None, study: str | None = None
+                  ) -> dict[int, RunSpec]:
+        """Run id -> what was stored about it, without its metrics: a quick listing of runs.
+
+        Ordered by id, optionally only those of one stage and/or study.
+        """
+        stmt = select(RunRow).where(*_filters(stage, study)).order_by(RunRow.id)
         with self._translated("read the runs"), Session(self._engine) as session:
-            return {row.id: _spec(row) for row in session.scalars(select(RunRow)
-                                                                  .order_by(RunRow.id))}
+            return {row.id: _spec(row) for row in session.scalars(stmt)}
 
     def find_run(self, stage: str, config_hash: str) -> Run | None:
         """The newest run of `stage` with this config hash, or None (to skip finished stages)."""
@@ -408,6 +407,10 @@ def _spec(row: RunRow) -> RunSpec:
         trial=row.trial, warnings=tuple(row.warnings or ()), artifact=row.artifact,
         duration_s=row.duration_s,
     )
+
+
+def _filters(stage: str | None, study: str | None) -> list[Any]:
+    return [c == v for c, v in ((RunRow.stage, stage), (RunRow.study, study)) if v is not None]
 
 
 def _to_run(row: RunRow) -> Run:

@@ -101,13 +101,13 @@ def resolve_ref(store, ref: str, study: str | None = None) -> Run:
     if stage is None or (kind == "trial") != arg.isdigit() or (kind != "trial" and arg):
         raise TrainerError(f"unknown model reference {ref!r}; use {REF_HELP}")
     per_study = stage in ("finetuned", "trial") and study is not None
-    runs = [r for r in store.list_runs(stage=stage)
-            if r.spec.artifact and (not per_study or r.spec.study == study)
-            and (not arg or r.spec.trial == int(arg))]
-    if not runs:
+    specs = store.run_specs(stage=stage, study=study if per_study else None)
+    ids = [i for i, spec in specs.items()
+           if spec.artifact and (not arg or spec.trial == int(arg))]
+    if not ids:
         command = {"finetuned": "final", "trial": "tune"}.get(stage, stage)
         raise TrainerError(f"no stored {ref} model yet; run `python -m trainer {command}` first")
-    return runs[-1]
+    return store.get_run(ids[-1])
 
 
 class _BaselinePredictor:

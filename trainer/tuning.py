@@ -358,6 +358,6 @@ def best_trial_artifact(store: Any, study_name: str) -> str | None:
     best = ranked(study.get_trials(deepcopy=False))[:1]
     if not best:
         return None
-    run = store.trial_runs(study_name).get(best[0].number)
-    artifact = run.spec.artifact if run is not None else None
+    specs = store.run_specs(stage="trial", study=study_name).values()
+    artifact = next((s.artifact for s in specs if s.trial == best[0].number), None)
     return artifact if artifact and Path(artifact, "config.json").is_file() else None

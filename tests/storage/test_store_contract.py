@@ -207,6 +207,10 @@ def test_run_specs_list_every_run_without_its_metrics(store: Store) -> None:
     ids = [store.save_run(spec, samples.evaluation()) for spec in specs]
     assert store.run_specs() == dict(zip(ids, specs, strict=True))
     assert list(store.run_specs()) == ids  # id order
+    assert store.run_specs(stage="trial") == {ids[1]: specs[1]}
+    assert list(store.run_specs(study="s")) == ids[1:]
+    assert store.run_specs(stage="finetuned", study="s") == {ids[2]: specs[2]}
+    assert store.run_specs(stage="trial", study="other") == {}
 
 
 def test_missing_ids_raise_storage_error_naming_the_id(store: Store) -> None:
