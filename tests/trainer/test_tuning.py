@@ -41,14 +41,6 @@ def reviews(n: int, name: str, offset: int = 0) -> Split:
 TRAIN, VALIDATION = reviews(32, "train"), reviews(16, "validation", offset=100)
 
 
-@pytest.fixture(params=["sqlite-file", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The two engines a study runs on: a SQLite file, and PostgreSQL in a fresh schema."""
-    if request.param == "sqlite-file":
-        return f"sqlite:///{tmp_path / 'runs.db'}"
-    return request.getfixturevalue("pg_schema_url")
-
-
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'runs.db'}"
@@ -126,10 +118,10 @@ def states(study: optuna.Study) -> list[TrialState]:
 
 
 def test_three_trial_study_stores_validation_runs_with_predictions(
-    url: str, tmp_path: Path, tiny_model_dir: str, store_for: Callable[[str], Any]
+    file_db_url: str, tmp_path: Path, tiny_model_dir: str, store_for: Callable[[str], Any]
 ) -> None:
-    config = make_config(url, tmp_path, model=tiny_model_dir)
-    store = store_for(url)
+    config = make_config(file_db_url, tmp_path, model=tiny_model_dir)
+    store = store_for(file_db_url)
     study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=3, progress=False)
 
     trials = study.get_trials(deepcopy=False)
@@ -163,10 +155,10 @@ def test_three_trial_study_stores_validation_runs_with_predictions(
 
 
 def test_resuming_adds_trials_with_contiguous_numbers_and_no_duplicates(
-    url: str, tmp_path: Path, fake_training: list[int], store_for: Callable[[str], Any]
+    file_db_url: str, tmp_path: Path, fake_training: list[int], store_for: Callable[[str], Any]
 ) -> None:
-    config = make_config(url, tmp_path)
-    store = store_for(url)
+    config = make_config(file_db_url, tmp_path)
+    store = store_for(file_db_url)
     for _ in range(3):
         study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=2, progress=False)
 
@@ -259,7 +251,7 @@ def test_a_malformed_search_space_stops_tune_before_any_trial(
 
 
 def test_diverged_or_out_of_memory_trial_fails_with_reason_and_study_goes_on(
-    url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
+    file_db_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
     store_for: Callable[[str], Any]
 ) -> None:
     failures = {1: transformer.TrainingDiverged("the training loss became nan at step 3"),
@@ -274,8 +266,8 @@ def test_diverged_or_out_of_memory_trial_fails_with_reason_and_study_goes_on(
         return fake_fine_tune(*args, **kwargs)
 
     monkeypatch.setattr(finetune, "fine_tune", sometimes_failing)
-    config = make_config(url, tmp_path)
-    store = store_for(url)
+    config = make_config(file_db_url, tmp_path)
+    store = store_for(file_db_url)
     study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=5, progress=False)
 
     trials = study.get_trials(deepcopy=False)
@@ -398,14 +390,14 @@ HOSTILE_NAMES = ["'; DROP TABLE trials;--", "../x", "..", "a/b\\c:d", "名前 �
 
 
 def test_hostile_study_names_are_plain_names(
-    url: str, tmp_path: Path, fake_training: list[int], store_for: Callable[[str], Any]
+    file_db_url: str, tmp_path: Path, fake_training: list[int], store_for: Callable[[str], Any]
 ) -> None:
-    store = store_for(url)
+    store = store_for(file_db_url)
     for name in HOSTILE_NAMES:
-        tuning.tune(make_config(url, tmp_path, study=name), TRAIN, VALIDATION, store,
+        tuning.tune(make_config(file_db_url, tmp_path, study=name), TRAIN, VALIDATION, store,
                     n_trials=1, progress=False)
 
-    assert sorted(optuna.get_all_study_names(url)) == sorted(HOSTILE_NAMES)
+    assert sorted(optuna.get_all_study_names(file_db_url)) == sorted(HOSTILE_NAMES)
     for name in HOSTILE_NAMES:
         assert sorted(store.trial_runs(name)) == [0]
         assert Path(tuning.best_trial_artifact(store, name)).name == "trial-0"
