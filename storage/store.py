@@ -6,7 +6,6 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 
 import pandas as pd
@@ -26,16 +25,17 @@ from storage.engine import (
 )
 from storage.errors import StorageError
 from storage.migrations import upgrade
-from storage.models import (
-    ClassMetricsRow,
-    ConfusionRow,
-    CurveRow,
-    PredictionRow,
-    ReviewRow,
-    RunRow,
-    ScalarRow,
+from storage.models import PredictionRow, ReviewRow, RunRow
+from storage.records import Evaluation, Predictions, Run, RunSpec
+from storage.rows import (
+    check_spec,
+    child_rows,
+    prediction_rows,
+    review_texts,
+    run_values,
+    spec_of,
+    to_run,
 )
-from storage.records import STAGES, ClassMetrics, Curve, Evaluation, Predictions, Run, RunSpec
 
 T = TypeVar("T")
 WRITE_ATTEMPTS = 6
@@ -119,21 +119,21 @@ class Store:
         Raises:
             StorageError: the records are inconsistent or the database refused the write.
         """
-        _check_spec(spec)
+        check_spec(spec)
         try:
-            run_values = _run_values(spec, evaluation)
-            children = _child_rows(evaluation)
+            values = run_values(spec, evaluation)
+            children = child_rows(evaluation)
         except (TypeError, ValueError) as e:
             raise StorageError(
                 f"Expected numbers in the evaluation of the {spec.stage} run, found {e}."
             ) from e
-        pred_rows = _prediction_rows(predictions) if predictions is not None else []
-        texts = _review_texts(predictions) if predictions is not None else {}
+        pred_rows = prediction_rows(predictions) if predictions is not None else []
+        texts = review_texts(predictions) if predictions is not None else {}
 
         def work(conn: Connection) -> int:
             if spec.study is not None and spec.trial is not None:
                 conn.execute(delete(RUNS).where(*_same_trial(spec)))
-            run_id = conn.execute(insert(RUNS).values(run_values)).inserted_primary_key[0]
+            run_id = conn.execute(insert(RUNS).values(values)).inserted_primary_key[0]
             for table, rows in children:
                 _insert_many(conn, table, [{"run_id": run_id, **row} for row in rows])
             _insert_missing_reviews(conn, spec, texts)
@@ -165,7 +165,7 @@ class Store:
         """
         stmt = select(RunRow).where(*_filters(stage, study)).order_by(RunRow.id)
         with self._translated("read the runs"), Session(self._engine) as session:
-            return {row.id: _spec(row) for row in session.scalars(stmt)}
+            return {row.id: spec_of(row) for row in session.scalars(stmt)}
 
     def find_run(self, stage: str, config_hash: str) -> Run | None:
         """The newest run of `stage` with this config hash, or None (to skip finished stages)."""
@@ -243,7 +243,7 @@ class Store:
         )
         stmt = stmt.order_by(RunRow.id.desc()).limit(1) if newest else stmt.order_by(RunRow.id)
         with self._translated("read the runs"), Session(self._engine) as session:
-            return [_to_run(row) for row in session.scalars(stmt)]
+            return [to_run(row) for row in session.scalars(stmt)]
 
     def _write(self, work: Callable[[Connection], T], action: str) -> T:
         """Run `work` in one transaction, retrying transient lock/serialization failures."""
@@ -276,82 +276,8 @@ class Store:
         return f"Could not {action} in {self._shown} ({reason(e)}); {hint}."
 
 
-def _check_spec(spec: RunSpec) -> None:
-    if spec.stage not in STAGES:
-        raise StorageError(
-            f"Expected the run stage to be one of {list(STAGES)}, found {spec.stage!r}."
-        )
-
-
 def _same_trial(spec: RunSpec) -> tuple[Any, ...]:
     return RUNS.c.study == spec.study, RUNS.c.trial == spec.trial, RUNS.c.stage == spec.stage
-
-
-def _run_values(spec: RunSpec, evaluation: Evaluation) -> dict[str, Any]:
-    return {
-        "stage": spec.stage,
-        "model": spec.model,
-        "split": spec.split,
-        "data_source": spec.data_source,
-        "config": dict(spec.config),
-        "config_hash": spec.config_hash,
-        "study": spec.study,
-        "trial": None if spec.trial is None else int(spec.trial),
-        "warnings": [str(w) for w in spec.warnings],
-        "artifact": spec.artifact,
-        "duration_s": None if spec.duration_s is None else float(spec.duration_s),
-        "n": int(evaluation.n),
-        "created_at": datetime.now(UTC),
-    }
-
-
-def _child_rows(evaluation: Evaluation) -> list[tuple[Any, list[dict[str, Any]]]]:
-    """Rows of the per-run tables, without run_id; numpy numbers become Python numbers."""
-    (tn, fp), (fn, tp) = evaluation.confusion
-    return [
-        (ScalarRow.__table__, [
-            {"name": name, "value": float(value)} for name, value in evaluation.scalars.items()
-        ]),
-        (ClassMetricsRow.__table__, [
-            {"class_name": name, "precision": float(m.precision), "recall": float(m.recall),
-             "f1": float(m.f1), "support": int(m.support)}
-            for name, m in evaluation.per_class.items()
-        ]),
-        (ConfusionRow.__table__, [{"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}]),
-        (CurveRow.__table__, [
-            {"kind": kind, "x": _floats(c.x), "y": _floats(c.y), "w": _floats(c.w)}
-            for kind, c in evaluation.curves.items()
-        ]),
-    ]
-
-
-def _floats(values: Sequence[Any]) -> list[float]:
-    return [float(v) for v in values]
-
-
-def _prediction_rows(predictions: Predictions) -> list[dict[str, Any]]:
-    ids, labels, probs = predictions.review_ids, predictions.labels, predictions.probs
-    texts = predictions.texts
-    lengths = {len(ids), len(labels), len(probs), len(ids if texts is None else texts)}
-    if len(lengths) > 1:
-        raise StorageError(
-            f"Expected one label, probability (and text) per review, found {len(ids)} review "
-            f"ids, {len(labels)} labels, {len(probs)} probabilities and "
-            f"{'no' if texts is None else len(texts)} texts."
-        )
-    try:
-        return [
-            {"review_id": str(r), "label": int(lab), "prob": float(p)}
-            for r, lab, p in zip(ids, labels, probs, strict=True)
-        ]
-    except (TypeError, ValueError) as e:
-        raise StorageError(f"Expected integer labels and float probabilities, found {e}.") from e
-
-
-def _review_texts(predictions: Predictions) -> dict[str, Any]:
-    if predictions.texts is None:
-        return {}
-    return dict(zip(map(str, predictions.review_ids), predictions.texts, strict=True))
 
 
 def _insert_many(conn: Connection, table: Any, rows: Sequence[dict[str, Any]]) -> None:
@@ -395,35 +321,5 @@ def _review_texts_of(
     return {review_id: text for review_id, text in rows if review_id in wanted}
 
 
-def _nan(value: float | None) -> float:
-    """SQLite stores NaN as NULL: NULL reads back as NaN."""
-    return math.nan if value is None else value
-
-
-def _spec(row: RunRow) -> RunSpec:
-    return RunSpec(
-        stage=row.stage, model=row.model, split=row.split, data_source=row.data_source,
-        config=dict(row.config or {}), config_hash=row.config_hash, study=row.study,
-        trial=row.trial, warnings=tuple(row.warnings or ()), artifact=row.artifact,
-        duration_s=row.duration_s,
-    )
-
-
 def _filters(stage: str | None, study: str | None) -> list[Any]:
     return [c == v for c, v in ((RunRow.stage, stage), (RunRow.study, study)) if v is not None]
-
-
-def _to_run(row: RunRow) -> Run:
-    spec = _spec(row)
-    c = row.confusion
-    evaluation = Evaluation(
-        n=row.n,
-        scalars={s.name: _nan(s.value) for s in row.scalars},
-        per_class={
-            m.class_name: ClassMetrics(_nan(m.precision), _nan(m.recall), _nan(m.f1), m.support)
-            for m in row.class_metrics
-        },
-        confusion=((c.tn, c.fp), (c.fn, c.tp)) if c else ((0, 0), (0, 0)),
-        curves={cv.kind: Curve(tuple(cv.x), tuple(cv.y), tuple(cv.w)) for cv in row.curves},
-    )
-    return Run(id=row.id, spec=spec, created_at=row.created_at, evaluation=evaluation)
