@@ -101,11 +101,7 @@ def _tune_runner(join: bool) -> Callable[[argparse.Namespace], int]:
         ctx = _context(args)
         ctx.config = stages.for_transformers(ctx.config)
         study = stages.tune(ctx, ctx.config.trials, join=join)
-        print(
-            studies_table(
-                [s for s in study_entries(ctx.store.url) if s["name"] == study.study_name]
-            )
-        )
+        print(studies_table(study_entries(ctx.store.url, study.study_name)))
         return 0
 
     return run

@@ -42,27 +42,38 @@ def run_entry(run: Run) -> dict[str, Any]:
     return entry
 
 
-def study_entries(url: str) -> list[dict[str, Any]]:
-    """One entry per Optuna study in the database: trial counts by state, best value and params."""
+def study_entries(url: str, name: str | None = None) -> list[dict[str, Any]]:
+    """One entry per Optuna study in the database (or the one named): trial counts by state,
+    best value and params."""
     import optuna
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from trainer.trials import quiet_optuna
+    from trainer.workers import optuna_storage, ranked
+
+    storage = optuna_storage(url, heartbeat=0)  # one engine for every study, lock-tolerant
     entries = []
-    for summary in optuna.get_all_study_summaries(url, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=url)
-        trials = study.get_trials(deepcopy=False)
-        count = {state: sum(t.state == state for t in trials) for state in TrialState}
-        best = [t for t in trials if t.state == TrialState.COMPLETE]
-        top = max(best, key=lambda t: t.value, default=None)
-        entries.append({
-            "name": summary.study_name,
-            "trials": {"complete": count[TrialState.COMPLETE], "pruned": count[TrialState.PRUNED],
-                       "failed": count[TrialState.FAIL], "running": count[TrialState.RUNNING]},
-            "best_value": None if top is None else top.value,
-            "best_trial": None if top is None else top.number,
-            "best_params": {} if top is None else top.params,
-        })
+    try:
+        with quiet_optuna():
+            for study_name in optuna.get_all_study_names(storage):
+                if name is not None and study_name != name:
+                    continue
+                trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(
+                    deepcopy=False)
+                count = {state: sum(t.state == state for t in trials) for state in TrialState}
+                top = next(iter(ranked(trials)), None)
+                entries.append({
+                    "name": study_name,
+                    "trials": {"complete": count[TrialState.COMPLETE],
+                               "pruned": count[TrialState.PRUNED],
+                               "failed": count[TrialState.FAIL],
+                               "running": count[TrialState.RUNNING]},
+                    "best_value": None if top is None else top.value,
+                    "best_trial": None if top is None else top.number,
+                    "best_params": {} if top is None else top.params,
+                })
+    finally:
+        storage.engine.dispose()
     return entries
 
 

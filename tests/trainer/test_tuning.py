@@ -17,6 +17,7 @@ from storage.store import open_store
 from trainer import finetune, transformer, tuning, workers
 from trainer.config import Config
 from trainer.errors import ConfigError, TrainerError
+from trainer.report import study_entries
 from trainer.splits import Split
 from trainer.trials import EPOCH_METRICS, FAIL_REASON, log_trial
 
@@ -401,6 +402,12 @@ def test_hostile_study_names_are_plain_names(
     for name in HOSTILE_NAMES:
         assert sorted(store.trial_runs(name)) == [0]
         assert Path(tuning.best_trial_artifact(store, name)).name == "trial-0"
+    assert sorted(e["name"] for e in study_entries(file_db_url)) == sorted(HOSTILE_NAMES)
+    (entry,) = study_entries(file_db_url, HOSTILE_NAMES[0])
+    study = optuna.load_study(study_name=HOSTILE_NAMES[0], storage=file_db_url)
+    assert entry == {"name": HOSTILE_NAMES[0], "best_value": study.best_value,
+                     "trials": {"complete": 1, "pruned": 0, "failed": 0, "running": 0},
+                     "best_trial": 0, "best_params": study.best_params}
     root = (tmp_path / "artifacts").resolve()
     folders = list(root.iterdir())
     assert len(folders) == len(HOSTILE_NAMES) and all(p.parent == root for p in folders)
