@@ -29,7 +29,8 @@ METHODS = ("auto", "int8", "bf16", "fp32")
 # Against fp32 on 2,000 test reviews int8 costs 0.2-0.4 accuracy points, bf16 0.1; on the
 # Xeon bf16 also scores batches 1.8x faster than int8. So: bf16 where the CPU has it natively.
 # Tried on the Xeon and left out: bf16 weights pre-packed for oneDNN (cannot be traced; no
-# faster untraced), ONNX Runtime exported, BERT-fused, int8 (25 ms), and torch.compile with
+# faster untraced), torch.jit.optimize_for_inference on the frozen traces (no change: 14.7
+# against 15.2 ms), ONNX Runtime exported, BERT-fused, int8 (25 ms), and torch.compile with
 # freezing and max-autotune (AMX micro-kernel GEMMs) for single reviews of any length: 1.17-1.35x
 # faster than the traced graph, interleaved, for a one-time 45-60 s compile (cold cache), and
 # no command of ours scores single reviews long enough to earn that back. Its options must be
