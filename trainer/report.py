@@ -43,8 +43,7 @@ def run_entry(run: Run) -> dict[str, Any]:
 
 
 def study_entries(url: str, name: str | None = None) -> list[dict[str, Any]]:
-    """One entry per Optuna study in the database (or the one named): trial counts by state,
-    best value and params."""
+    """One entry per Optuna study (or only the one named): trial counts by state, best trial."""
     import optuna
     from optuna.trial import TrialState
 

@@ -281,7 +281,7 @@ class _Objective:
         params = suggest(trial, self.config.search_space)
         trial.set_user_attr(EPOCH_METRICS, [])  # a retried trial inherits its original's attrs
         record = TrialRecord(self.config, self.validation, self.store, self.data_source, trial,
-                              params)
+                             params)
         try:
             return self._train(transformer, record)
         except optuna.TrialPruned:
