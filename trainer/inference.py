@@ -2,12 +2,13 @@
 to the first token."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -263,7 +264,7 @@ def _trace(model: torch.nn.Module, tokenizer: Any) -> tuple[Graph, Graph] | None
     token = min(1000, len(tokenizer) - 1)
     wrapped = _Logits(model).eval()
     try:
-        with warnings.catch_warnings(), torch.inference_mode():
+        with warnings.catch_warnings(), torch.inference_mode(), _transformers_quiet():
             warnings.simplefilter("ignore")  # TorchScript is deprecated; it still works here
             plain = _freeze(wrapped, (torch.full((1, 8), token),))
             masked = _freeze(wrapped, _masked_example(2, 8, token))
@@ -272,6 +273,22 @@ def _trace(model: torch.nn.Module, tokenizer: Any) -> tuple[Graph, Graph] | None
         log.warning("scoring without traced graphs (%s); expect ~20%% slower scoring", error)
         return None
     return plain, masked
+
+
+@contextlib.contextmanager
+def _transformers_quiet() -> Iterator[None]:
+    """No transformers warnings for a while.
+
+    Tracing probes every attribute of every module, and reading a classifier's loss_function
+    makes transformers warn that it will use a causal-LM loss, which scoring never computes.
+    """
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _freeze(module: torch.nn.Module, example: tuple) -> Graph:

@@ -169,3 +169,21 @@ def test_a_head_reading_every_token_keeps_the_full_last_layer(tiny_model_dir: st
     # One by one: this mean also counts padding, so a padded batch would score otherwise.
     np.testing.assert_allclose(fast.predict_proba(REVIEWS, batch_size=1), _eager(clf, REVIEWS),
                                atol=1e-5)
+
+
+def test_preparing_logs_no_transformers_loss_warning(clf) -> None:
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("transformers")
+    hf_logging.warning_once.cache_clear()  # once per process: an earlier test may have had it
+    logger.addHandler(handler)
+    try:
+        FastClassifier.from_classifier(clf, max_length=64, method="fp32")
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in seen if "loss_type" in m]  # tracing reads loss_function; we score
