@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.errors import ConfigError
+
 PAD_MULTIPLE = 64  # batches are padded to a multiple of this: few distinct shapes, little padding
 NAN_CHECK_EVERY = 50  # steps between the only host syncs of training: a finite-loss check
 # Padded tokens per step on a GPU. H200, MiniLM, IMDB, 1 epoch (bench/results/train-nvidia-h200-*):
@@ -267,8 +269,6 @@ class _Loop:
 
 
 def _check_params(params: dict, n_texts: int, n_labels: int) -> dict[str, Any]:
-    from trainer.errors import ConfigError
-
     required = ("learning_rate", "warmup_ratio", "num_train_epochs",
                 "per_device_train_batch_size", "weight_decay")
     missing = [k for k in required if k not in params]
@@ -289,8 +289,6 @@ def check_ranges(hp: dict[str, Any]) -> None:
     Raises:
         ConfigError: naming the first parameter out of range and its value.
     """
-    from trainer.errors import ConfigError
-
     checks = {
         "learning_rate": math.isfinite(hp["learning_rate"]) and hp["learning_rate"] > 0,
         "warmup_ratio": 0.0 <= hp["warmup_ratio"] <= 1.0,
