@@ -21,22 +21,28 @@ log = logging.getLogger(__name__)
 
 METHODS = ("auto", "int8", "bf16", "fp32")
 # Single 230-token review, traced graphs, p50 on 2 cores (bench/results/infer-*.jsonl):
-# - AMD EPYC (no native bf16): fp32 57 ms, int8 16 ms, bf16 23 ms.
-# - Xeon with AMX (avx512_bf16, amx_bf16): eager fp32 31-43 ms, int8 and bf16 both 15-21 ms;
-#   with the last layer cut to the first token, int8 12.7 ms and bf16 15.0 ms against eager
-#   fp32 30-34 ms in the same runs.
+# - AMD EPYC (no native bf16), session 1: fp32 57 ms, int8 16 ms, bf16 23 ms.
+# - Xeon with AMX (avx512_bf16, amx_bf16), against eager fp32 in the same runs: bf16 11.3 ms
+#   against 34.4 (3.1x), int8 12.0 against 28.5 (2.4x). The fused layers (_FastLayer,
+#   _pack_weights) made bf16 1.29x faster than the layers as transformers runs them, with the
+#   last cut to the first token (10.75 against 13.85 ms, interleaved); int8 gains 1.01x.
 # int8 is dynamic quantisation of every nn.Linear with per-channel weight scales and, on CPUs
 # with VNNI, full 8-bit activations (PyTorch's default keeps 7 bits, for CPUs without VNNI).
-# Against fp32 on 2,000 test reviews int8 costs 0.2-0.4 accuracy points, bf16 0.1; on the
-# Xeon bf16 also scores batches 1.8x faster than int8. So: bf16 where the CPU has it natively.
-# Tried on the Xeon and left out: bf16 weights pre-packed for oneDNN (cannot be traced; no
-# faster untraced), torch.jit.optimize_for_inference on the frozen traces (no change: 14.7
-# against 15.2 ms), ONNX Runtime exported, BERT-fused, int8 (25 ms), and torch.compile with
-# freezing and max-autotune (AMX micro-kernel GEMMs) for single reviews of any length: 1.17-1.35x
-# faster than the traced graph, interleaved, for a one-time 45-60 s compile (cold cache), and
-# no command of ours scores single reviews long enough to earn that back. Its options must be
-# set with torch._inductor.config.patch around the first call: torch.compile(options=...)
-# left the graph no faster than the trace.
+# Against fp32 on 2,000 test reviews int8 costs 0.2-0.4 accuracy points, bf16 0.1-0.15; on the
+# Xeon bf16 also scores batches 2x faster than int8. So: bf16 where the CPU has it natively.
+# Tried on the Xeon and left out:
+# - freezing the traces: no faster once the layers are fused, and it cannot hold packed
+#   weights; torch.jit.optimize_for_inference on frozen traces: no change (14.7 against 15.2).
+# - the oneDNN graph fuser (torch.jit.enable_onednn_fusion) on transformers' layers: 11.6 ms
+#   against 13.5 without it, where the fused layers took 10.5.
+# - keys and values padded to a multiple of 16 tokens, where the flash kernel runs faster
+#   (0.35 against 0.44 ms per layer at 232 tokens): no gain left after padding and masking.
+# - ONNX Runtime exported, BERT-fused, int8 (25 ms).
+# - torch.compile with freezing and max-autotune (AMX micro-kernel GEMMs), before the fused
+#   layers: 1.17-1.35x faster than the traced graph, interleaved, for a one-time 45-60 s
+#   compile (cold cache); no command of ours scores single reviews long enough to earn that
+#   back. Its options must be set with torch._inductor.config.patch around the first call:
+#   torch.compile(options=...) left the graph no faster than the trace.
 NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
 VNNI = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 Graph = Callable[..., torch.Tensor]
@@ -115,11 +121,12 @@ class FastClassifier:
         """
         chosen = _choose(method)
         model = copy.deepcopy(clf.model).to("cpu").float().eval()
-        _read_first_token_only(model, clf.tokenizer)
+        _fuse_layers(model, clf.tokenizer)
         if chosen == "int8":
             model = _quantize(model)
-        elif chosen == "bf16":
-            model = model.to(torch.bfloat16)
+        else:
+            model = model.to(torch.bfloat16 if chosen == "bf16" else torch.float32)
+            _pack_weights(model)
         limit = _max_length(clf, max_length)
         return cls(model, clf.tokenizer, positive_index=clf.positive_index, max_length=limit,
                    method=chosen, name=getattr(clf, "name", ""))
@@ -187,61 +194,176 @@ def _choose(method: str) -> str:
     return "int8" if _int8_available() else "fp32"
 
 
-class _FirstTokenLayer(torch.nn.Module):
-    """A BERT-style encoder layer computed for the first token only.
+class _FastLayer(torch.nn.Module):
+    """A BERT-style encoder layer in fewer, fused matrix products.
 
-    A sequence classifier reads only the first token ([CLS], <s>) of the last layer: the other
-    tokens' attention and feed-forward there are ~10% of a forward pass (232-token review,
-    bf16, Xeon: 11.9 against 13.2 ms). Their keys and values still count.
+    - Query, key and value come from one product: one call instead of three.
+    - first_only: the layer's output for the first token only ([CLS], <s>), all that a sequence
+      classifier reads of the last layer; every token's keys and values still count.
+    - After _pack_weights, oneDNN computes bias, GELU and the residual add inside the products.
     """
 
-    def __init__(self, layer: torch.nn.Module) -> None:
+    LINEARS = ("projection", "query", "out", "up", "down")
+
+    def __init__(self, layer: torch.nn.Module, first_only: bool) -> None:
         super().__init__()
-        self.layer = layer
+        heads = layer.attention.self
+        self.first_only, self.size, self.scaling = (
+            first_only, heads.attention_head_size, heads.scaling)
+        self.query = heads.query if first_only else None
+        parts = (heads.key, heads.value) if first_only else (heads.query, heads.key, heads.value)
+        self.projection = _concatenated(parts)
+        self.out, self.norm = layer.attention.output.dense, layer.attention.output.LayerNorm
+        self.up, self.act = layer.intermediate.dense, layer.intermediate.intermediate_act_fn
+        self.down, self.out_norm = layer.output.dense, layer.output.LayerNorm
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 *args: Any, **kwargs: Any) -> torch.Tensor:
-        attention, heads = self.layer.attention, self.layer.attention.self
-        batch, width = hidden.shape[:2]
+        batch = hidden.shape[0]
 
-        def split(x: torch.Tensor, n: int) -> torch.Tensor:
-            return x.view(batch, n, -1, heads.attention_head_size).transpose(1, 2)
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(batch, x.shape[1], -1, self.size).transpose(1, 2)
 
-        first = hidden[:, :1]
-        mask = None if attention_mask is None else attention_mask[:, :, :1]
+        projected = _linear(self.projection, hidden)
+        if self.first_only:
+            hidden = hidden[:, :1]
+            query, (key, value) = _linear(self.query, hidden), projected.chunk(2, dim=-1)
+            if attention_mask is not None:
+                attention_mask = attention_mask[:, :, :1]
+        else:
+            query, key, value = projected.chunk(3, dim=-1)
         context = torch.nn.functional.scaled_dot_product_attention(
-            split(heads.query(first), 1), split(heads.key(hidden), width),
-            split(heads.value(hidden), width), attn_mask=mask, scale=heads.scaling)
-        attended = attention.output(context.transpose(1, 2).reshape(batch, 1, -1), first)
-        return self.layer.output(self.layer.intermediate(attended), attended)
+            split(query), split(key), split(value), attn_mask=attention_mask,
+            scale=self.scaling)
+        context = context.transpose(1, 2).reshape(batch, hidden.shape[1], -1)
+        attended = self.norm(_linear(self.out, context, residual=hidden))
+        inner = _linear(self.up, attended, act=self.act)
+        return self.out_norm(_linear(self.down, inner, residual=attended))
 
 
-def _read_first_token_only(model: torch.nn.Module, tokenizer: Any) -> None:
-    """Compute the last encoder layer for the first token only where the logits stay the same.
+def _concatenated(parts: Sequence[torch.nn.Linear]) -> torch.nn.Linear:
+    """One Linear layer whose output is the given layers' outputs side by side."""
+    joined = torch.nn.Linear(parts[0].in_features, sum(p.out_features for p in parts),
+                             dtype=parts[0].weight.dtype)
+    with torch.no_grad():
+        joined.weight.copy_(torch.cat([p.weight for p in parts]))
+        joined.bias.copy_(torch.cat([p.bias for p in parts]))
+    return joined
 
-    Checked in fp32 on reviews with and without padding; other architectures (DeBERTa, a head
-    that reads more than the first token) keep their full last layer. Quantised afterwards,
-    int8 rounds one row's activations otherwise than a whole review's: MiniLM logits moved
-    0.011, against 0.076 between int8 and fp32 either way.
+
+class _OneDNNLinear(torch.nn.Module):
+    """A Linear layer whose weight oneDNN packed once, not at every call."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach()
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight, 4096))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+
+
+def _linear(linear: torch.nn.Module, x: torch.Tensor, act: torch.nn.Module | None = None,
+            residual: torch.Tensor | None = None) -> torch.Tensor:
+    """act(linear(x)) + residual, in one oneDNN call where the weight is packed for it."""
+    if isinstance(linear, _OneDNNLinear):
+        weight, bias = linear.weight, linear.bias
+        if residual is not None and act is None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+        if _is_erf_gelu(act) and residual is None:
+            return _onednn_linear()(x, weight, bias, "gelu", "none")
+        y = _onednn_linear()(x, weight, bias, "none", "")
+    else:
+        y = linear(x)
+    y = y if act is None else act(y)
+    return y if residual is None else y + residual
+
+
+def _linear_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      attr: str, algorithm: str) -> torch.Tensor:
+    scalars: list[number | None] = []  # noqa: F821 - TorchScript's type for int or float
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, scalars, algorithm)
+
+
+@functools.cache
+def _onednn_linear() -> Graph:
+    """oneDNN's linear with an activation inside, scripted: a trace cannot record its call
+    (it takes a list of optional numbers)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated; it still works here
+        return torch.jit.script(_linear_pointwise)
+
+
+def _is_erf_gelu(act: torch.nn.Module | None) -> bool:
+    if isinstance(act, torch.nn.GELU):
+        return act.approximate == "none"
+    # transformers' "gelu" (GELUActivation) calls torch's exact GELU unless told to use Python.
+    return getattr(act, "act", None) is torch.nn.functional.gelu
+
+
+@functools.cache
+def _onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's packed linear products run here in dtype and compute what they should."""
+    if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    plain = torch.nn.Linear(4, 5).to(dtype)
+    x, other = (torch.randn(shape, generator=gen).to(dtype) for shape in ((2, 3, 4), (2, 3, 5)))
+    try:
+        packed = _OneDNNLinear(plain)
+        with torch.inference_mode():
+            pairs = [(_linear(packed, x, act, res), _linear(plain, x, act, res))
+                     for act, res in ((None, None), (torch.nn.GELU(), None), (None, other))]
+    except (RuntimeError, AttributeError):  # no oneDNN build, or no such dtype on this CPU
+        return False
+    return all(torch.allclose(got.float(), want.float(), atol=2e-2) for got, want in pairs)
+
+
+def _pack_weights(model: torch.nn.Module) -> None:
+    """Give the fused layers' products oneDNN-packed weights where oneDNN runs their dtype.
+
+    Against the same layers unpacked, interleaved, Xeon with AMX: one 230-token review, bf16
+    9.9 against 10.7 ms, fp32 21.6 against 22.6; 160 reviews in batches of 32, bf16 99 against
+    91 reviews/s, fp32 32 against 30.
+    """
+    for layer in model.modules():
+        if isinstance(layer, _FastLayer) and _onednn_runs(layer.norm.weight.dtype):
+            for name in layer.LINEARS:
+                linear = getattr(layer, name)
+                if type(linear) is torch.nn.Linear:
+                    setattr(layer, name, _OneDNNLinear(linear))
+
+
+def _fuse_layers(model: torch.nn.Module, tokenizer: Any) -> None:
+    """Swap BERT-style encoder layers for _FastLayer where the logits stay the same.
+
+    Checked in fp32 on reviews with and without padding, first with the last layer cut to the
+    first token, then without (a head that reads more than the first token); other
+    architectures (DeBERTa) keep their layers. Quantised afterwards, int8 rounds one row's
+    activations otherwise than a whole review's: MiniLM logits moved 0.011 with the last layer
+    cut, against 0.076 between int8 and fp32 either way.
     """
     layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
     if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
         return
-    full = layers[-1]
+    original = list(layers)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, len(tokenizer), (2, 29), generator=gen)
     keep = torch.ones_like(ids, dtype=torch.bool)
     keep[0, 17:] = False
     keep = keep[:, None, None, :] if _is_sdpa(model) else keep  # as FastClassifier passes it
-    try:
-        with torch.inference_mode():
-            want = [model(input_ids=ids).logits, model(input_ids=ids, attention_mask=keep).logits]
-            layers[-1] = _FirstTokenLayer(full)
-            _check(model(input_ids=ids).logits, want[0])
-            _check(model(input_ids=ids, attention_mask=keep).logits, want[1])
-    except Exception as error:  # noqa: BLE001 - not a BERT-style layer, or other logits
-        log.debug("full last layer kept: %s", error)
-        layers[-1] = full
+    with torch.inference_mode():
+        want = [model(input_ids=ids).logits, model(input_ids=ids, attention_mask=keep).logits]
+    for first_only in (True, False):
+        try:
+            for i, layer in enumerate(original):  # outside inference mode: traced later
+                layers[i] = _FastLayer(layer, first_only and i == len(original) - 1)
+            with torch.inference_mode():
+                _check(model(input_ids=ids).logits, want[0])
+                _check(model(input_ids=ids, attention_mask=keep).logits, want[1])
+            return
+        except Exception as error:  # noqa: BLE001 - not a BERT-style layer, or other logits
+            log.debug("fused layers (first token only: %s) not used: %s", first_only, error)
+            for i, layer in enumerate(original):
+                layers[i] = layer
 
 
 class _Logits(torch.nn.Module):
@@ -256,7 +378,7 @@ class _Logits(torch.nn.Module):
 
 
 def _trace(model: torch.nn.Module, tokenizer: Any) -> tuple[Graph, Graph] | None:
-    """Frozen TorchScript graphs without and with a padding mask; None if they disagree.
+    """TorchScript graphs without and with a padding mask; None if they disagree.
 
     Sequence length and batch size stay dynamic in the traces (checked on other shapes than
     the examples); a model that cannot be traced is scored eagerly instead.
@@ -266,8 +388,9 @@ def _trace(model: torch.nn.Module, tokenizer: Any) -> tuple[Graph, Graph] | None
     try:
         with warnings.catch_warnings(), torch.inference_mode(), _transformers_quiet():
             warnings.simplefilter("ignore")  # TorchScript is deprecated; it still works here
-            plain = _freeze(wrapped, (torch.full((1, 8), token),))
-            masked = _freeze(wrapped, _masked_example(2, 8, token))
+            # Not frozen: freezing gained nothing, and cannot hold oneDNN's packed weights.
+            plain = torch.jit.trace(wrapped, (torch.full((1, 8), token),), check_trace=False)
+            masked = torch.jit.trace(wrapped, _masked_example(2, 8, token), check_trace=False)
             _check_graphs(wrapped, plain, masked, token)
     except Exception as error:  # noqa: BLE001 - any tracing failure means: run eagerly
         log.warning("scoring without traced graphs (%s); expect ~20%% slower scoring", error)
@@ -291,10 +414,6 @@ def _transformers_quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _freeze(module: torch.nn.Module, example: tuple) -> Graph:
-    return torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
-
-
 def _masked_example(batch: int, width: int, token: int) -> tuple[torch.Tensor, torch.Tensor]:
     keep = torch.ones((batch, width), dtype=torch.bool)
     keep[0, width // 2:] = False
@@ -309,7 +428,7 @@ def _check_graphs(wrapped: torch.nn.Module, plain: Graph, masked: Graph, token: 
 
 
 def _check(got: torch.Tensor, want: torch.Tensor) -> None:
-    # Freezing may fold constants in another order: bf16 keeps 8 bits of mantissa.
+    # bf16 keeps 8 bits of mantissa: a trace or a fused layer may round in another order.
     atol = 5e-2 if want.dtype == torch.bfloat16 else 1e-4
     if got.shape != want.shape or not torch.allclose(got.float(), want.float(), atol=atol):
         raise RuntimeError("a prepared graph disagrees with the model on a new shape")

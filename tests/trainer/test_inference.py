@@ -105,7 +105,7 @@ def test_int8_keeps_8_bit_activations_only_where_vnni_makes_it_safe(
 
     monkeypatch.setattr(inference, "_cpu_flags", lambda: flags)
     fast = FastClassifier.from_classifier(clf, max_length=64, method="int8")
-    layer = fast.model.bert.encoder.layer[0].intermediate.dense
+    layer = fast.model.bert.encoder.layer[0].up
     assert isinstance(layer, inference._FullRangeLinear) is full_range
     assert layer.weight().qscheme() == torch.per_channel_affine
 
@@ -137,14 +137,45 @@ def test_no_reviews_give_no_scores_and_a_bad_method_is_named(clf) -> None:
 
 
 @pytest.mark.parametrize("method", ["fp32", "int8", "bf16"])
-def test_only_the_first_token_goes_through_a_bert_last_layer(spread, method: str) -> None:
-    from trainer.inference import _FirstTokenLayer
+def test_bert_layers_are_fused_and_the_last_reads_the_first_token_only(spread, method: str
+                                                                        ) -> None:
+    from trainer.inference import _FastLayer, _OneDNNLinear
 
     fast = FastClassifier.from_classifier(spread, max_length=64, method=method)
-    assert isinstance(fast.model.base_model.encoder.layer[-1], _FirstTokenLayer)
-    assert not isinstance(spread.model.base_model.encoder.layer[-1], _FirstTokenLayer)
+    layers = fast.model.base_model.encoder.layer
+    assert all(isinstance(layer, _FastLayer) for layer in layers)
+    assert [layer.first_only for layer in layers] == [False] * (len(layers) - 1) + [True]
+    assert not isinstance(spread.model.base_model.encoder.layer[-1], _FastLayer)
+    # Where torch has oneDNN (x86 and ARM builds), bf16 and fp32 products use packed weights.
+    packed = method != "int8" and torch.backends.mkldnn.is_available()
+    assert all(isinstance(getattr(layer, name), _OneDNNLinear) is packed
+               for layer in layers for name in ("projection", "out", "up", "down"))
     # The scores it gives: test_fp32_scores_equal_the_eager_model_in_the_input_order (padded
     # batches and not) and test_reduced_precision_scores_stay_close_to_the_eager_model.
+
+
+@pytest.mark.parametrize("act", [None, torch.nn.GELU(), torch.nn.GELU(approximate="tanh"),
+                                 torch.nn.ReLU(), "transformers-gelu"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_packed_products_compute_what_plain_linear_layers_do(act, residual: bool) -> None:
+    from transformers.activations import GELUActivation
+
+    from trainer.inference import _linear, _onednn_runs, _OneDNNLinear
+
+    act = GELUActivation() if act == "transformers-gelu" else act
+    assert _onednn_runs(torch.float32) is torch.backends.mkldnn.is_available()
+    gen = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn((2, 5, 16), generator=gen)
+    other = torch.randn((2, 5, 24), generator=gen) if residual else None
+    plain = torch.nn.Linear(16, 24)
+    with torch.inference_mode():
+        want = plain(x) if act is None else act(plain(x))
+        want = want if other is None else want + other
+        for linear in (plain, _OneDNNLinear(plain)):
+            torch.testing.assert_close(_linear(linear, x, act, other), want, atol=1e-5, rtol=0)
+    # Values this large tell exact GELU from its tanh form: taking one for the other would show.
+    exact, tanh = torch.nn.GELU(), torch.nn.GELU(approximate="tanh")
+    assert (exact(plain(x)) - tanh(plain(x))).abs().max() > 1e-4
 
 
 class _MeanPooler(torch.nn.Module):
@@ -159,13 +190,14 @@ class _MeanPooler(torch.nn.Module):
 
 
 def test_a_head_reading_every_token_keeps_the_full_last_layer(tiny_model_dir: str) -> None:
-    from trainer.inference import _FirstTokenLayer
+    from trainer.inference import _FastLayer
     from trainer.transformer import load_classifier
 
     clf = load_classifier(tiny_model_dir, device="cpu")
     clf.model.bert.pooler = _MeanPooler(clf.model.bert.pooler)
     fast = FastClassifier.from_classifier(clf, max_length=64, method="fp32")
-    assert not isinstance(fast.model.base_model.encoder.layer[-1], _FirstTokenLayer)
+    layers = fast.model.base_model.encoder.layer
+    assert all(isinstance(layer, _FastLayer) and not layer.first_only for layer in layers)
     # One by one: this mean also counts padding, so a padded batch would score otherwise.
     np.testing.assert_allclose(fast.predict_proba(REVIEWS, batch_size=1), _eager(clf, REVIEWS),
                                atol=1e-5)
