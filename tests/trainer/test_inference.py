@@ -35,11 +35,26 @@ def spread(tiny_model_dir: str):
     """
     from trainer.transformer import load_classifier
 
-    loaded = load_classifier(tiny_model_dir, device="cpu")
-    bert = loaded.model.bert
+    return _spread(load_classifier(tiny_model_dir, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def deberta(tiny_model_dir_factory):
+    """A tiny DeBERTa-v2 classifier (eager attention, relative positions), its scores spread."""
+    from trainer.transformer import load_classifier
+
+    return _spread(load_classifier(tiny_model_dir_factory("tiny-deberta", deberta=True),
+                                   device="cpu"))
+
+
+def _spread(loaded):
+    features = []
+    hook = loaded.model.classifier.register_forward_pre_hook(
+        lambda module, args: features.append(args[0]))
     with torch.inference_mode():
-        batch = loaded.tokenizer(REVIEWS, padding=True, return_tensors="pt")
-        pooled = bert(**batch).pooler_output
+        loaded.model(**loaded.tokenizer(REVIEWS, padding=True, return_tensors="pt"))
+    hook.remove()
+    pooled = features[0]
     centred = pooled - pooled.mean(0)
     direction = torch.linalg.svd(centred, full_matrices=False).Vh[0]
     scale = 4.0 / float((centred @ direction).abs().max())
@@ -61,6 +76,15 @@ def test_fp32_scores_equal_the_eager_model_in_the_input_order(spread) -> None:
     eager = _eager(spread, REVIEWS)
     assert eager.max() - eager.min() > 0.5  # distinct scores: a swap would show
     # Same weights and arithmetic; only padding within sorted batches differs.
+    np.testing.assert_allclose(fast.predict_proba(REVIEWS, batch_size=3), eager, atol=1e-5)
+
+
+def test_deberta_keeps_its_layers_and_is_traced(deberta) -> None:
+    fast = FastClassifier.from_classifier(deberta, max_length=64, method="fp32")
+    assert fast.graphs is not None and not fast.sdpa  # eager attention: a 2-D padding mask
+    assert type(fast.model.base_model.encoder.layer[-1]).__name__ == "DebertaV2Layer"
+    eager = _eager(deberta, REVIEWS)
+    assert eager.max() - eager.min() > 0.5  # distinct scores: a swap would show
     np.testing.assert_allclose(fast.predict_proba(REVIEWS, batch_size=3), eager, atol=1e-5)
 
 
