@@ -48,6 +48,7 @@ def deberta(tiny_model_dir_factory):
 
 
 def _spread(loaded):
+    """loaded with its head set along the main direction of variation of the head's inputs."""
     features = []
     hook = loaded.model.classifier.register_forward_pre_hook(
         lambda module, args: features.append(args[0]))
@@ -192,6 +193,8 @@ def test_packed_products_compute_what_plain_linear_layers_do(act, residual: bool
     x = 3 * torch.randn((2, 5, 16), generator=gen)
     other = torch.randn((2, 5, 24), generator=gen) if residual else None
     plain = torch.nn.Linear(16, 24)
+    with torch.no_grad():
+        plain.weight.copy_(torch.randn((24, 16), generator=gen) / 4)
     with torch.inference_mode():
         want = plain(x) if act is None else act(plain(x))
         want = want if other is None else want + other
