@@ -81,9 +81,14 @@ def test_fp32_scores_equal_the_eager_model_in_the_input_order(spread) -> None:
 
 
 def test_deberta_keeps_its_layers_and_is_traced(deberta) -> None:
+    from trainer.inference import _OneDNNLinear
+
     fast = FastClassifier.from_classifier(deberta, max_length=64, method="fp32")
     assert fast.graphs is not None and not fast.sdpa  # eager attention: a 2-D padding mask
     assert type(fast.model.base_model.encoder.layer[-1]).__name__ == "DebertaV2Layer"
+    # Its Linear layers still get packed weights where torch has oneDNN.
+    linears = [m for m in fast.model.modules() if isinstance(m, torch.nn.Linear | _OneDNNLinear)]
+    assert all(isinstance(m, _OneDNNLinear) for m in linears) is torch.backends.mkldnn.is_available()
     eager = _eager(deberta, REVIEWS)
     assert eager.max() - eager.min() > 0.5  # distinct scores: a swap would show
     np.testing.assert_allclose(fast.predict_proba(REVIEWS, batch_size=3), eager, atol=1e-5)
