@@ -23,7 +23,8 @@ METHODS = ("auto", "int8", "bf16", "fp32")
 # Single 230-token review, traced graphs, p50 on 2 cores (bench/results/infer-*.jsonl):
 # - AMD EPYC (no native bf16), session 1: fp32 57 ms, int8 16 ms, bf16 23 ms.
 # - Xeon with AMX (avx512_bf16, amx_bf16), against eager fp32 in the same runs: bf16 9.3 ms
-#   against 28.8 (3.1x; 3.06x in a slower minute), int8 12.0 against 28.5 (2.4x). The fused layers (_FastLayer,
+#   against 28.8 (3.1x; 3.06x and 3.10x in two runs before the pooler and head were packed
+#   too), int8 12.0 against 28.5 (2.4x). The fused layers (_FastLayer,
 #   _pack_weights) made bf16 1.29x faster than the layers as transformers runs them, with the
 #   last cut to the first token (10.75 against 13.85 ms, interleaved); int8 gains 1.01x.
 # int8 is dynamic quantisation of every nn.Linear with per-channel weight scales and, on CPUs
