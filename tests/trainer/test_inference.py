@@ -81,14 +81,14 @@ def test_fp32_scores_equal_the_eager_model_in_the_input_order(spread) -> None:
 
 
 def test_deberta_keeps_its_layers_and_is_traced(deberta) -> None:
-    from trainer.inference import _OneDNNLinear
+    from trainer.fused_layers import OneDNNLinear
 
     fast = FastClassifier.from_classifier(deberta, max_length=64, method="fp32")
     assert fast.graphs is not None and not fast.sdpa  # eager attention: a 2-D padding mask
     assert type(fast.model.base_model.encoder.layer[-1]).__name__ == "DebertaV2Layer"
     # Its Linear layers still get packed weights where torch has oneDNN.
-    linears = [m for m in fast.model.modules() if isinstance(m, torch.nn.Linear | _OneDNNLinear)]
-    assert all(isinstance(m, _OneDNNLinear) for m in linears) is torch.backends.mkldnn.is_available()
+    linears = [m for m in fast.model.modules() if isinstance(m, torch.nn.Linear | OneDNNLinear)]
+    assert all(isinstance(m, OneDNNLinear) for m in linears) is torch.backends.mkldnn.is_available()
     eager = _eager(deberta, REVIEWS)
     assert eager.max() - eager.min() > 0.5  # distinct scores: a swap would show
     np.testing.assert_allclose(fast.predict_proba(REVIEWS, batch_size=3), eager, atol=1e-5)
@@ -169,16 +169,16 @@ def test_no_reviews_give_no_scores_and_a_bad_method_is_named(clf) -> None:
 @pytest.mark.parametrize("method", ["fp32", "int8", "bf16"])
 def test_bert_layers_are_fused_and_the_last_reads_the_first_token_only(spread, method: str
                                                                         ) -> None:
-    from trainer.inference import _FastLayer, _OneDNNLinear
+    from trainer.fused_layers import FastLayer, OneDNNLinear
 
     fast = FastClassifier.from_classifier(spread, max_length=64, method=method)
     layers = fast.model.base_model.encoder.layer
-    assert all(isinstance(layer, _FastLayer) for layer in layers)
+    assert all(isinstance(layer, FastLayer) for layer in layers)
     assert [layer.first_only for layer in layers] == [False] * (len(layers) - 1) + [True]
-    assert not isinstance(spread.model.base_model.encoder.layer[-1], _FastLayer)
+    assert not isinstance(spread.model.base_model.encoder.layer[-1], FastLayer)
     # Where torch has oneDNN (x86 and ARM builds), bf16 and fp32 products use packed weights.
     packed = method != "int8" and torch.backends.mkldnn.is_available()
-    assert all(isinstance(getattr(layer, name), _OneDNNLinear) is packed
+    assert all(isinstance(getattr(layer, name), OneDNNLinear) is packed
                for layer in layers for name in ("projection", "out", "up", "down"))
     # The scores it gives: test_fp32_scores_equal_the_eager_model_in_the_input_order (padded
     # batches and not) and test_reduced_precision_scores_stay_close_to_the_eager_model.
@@ -190,10 +190,10 @@ def test_bert_layers_are_fused_and_the_last_reads_the_first_token_only(spread, m
 def test_packed_products_compute_what_plain_linear_layers_do(act, residual: bool) -> None:
     from transformers.activations import GELUActivation
 
-    from trainer.inference import _linear, _onednn_runs, _OneDNNLinear
+    from trainer.fused_layers import OneDNNLinear, _linear, onednn_runs
 
     act = GELUActivation() if act == "transformers-gelu" else act
-    assert _onednn_runs(torch.float32) is torch.backends.mkldnn.is_available()
+    assert onednn_runs(torch.float32) is torch.backends.mkldnn.is_available()
     gen = torch.Generator().manual_seed(0)
     x = 3 * torch.randn((2, 5, 16), generator=gen)
     other = torch.randn((2, 5, 24), generator=gen) if residual else None
@@ -203,7 +203,7 @@ def test_packed_products_compute_what_plain_linear_layers_do(act, residual: bool
     with torch.inference_mode():
         want = plain(x) if act is None else act(plain(x))
         want = want if other is None else want + other
-        for linear in (plain, _OneDNNLinear(plain)):
+        for linear in (plain, OneDNNLinear(plain)):
             torch.testing.assert_close(_linear(linear, x, act, other), want, atol=1e-5, rtol=0)
     # Values this large tell exact GELU from its tanh form: taking one for the other would show.
     exact, tanh = torch.nn.GELU(), torch.nn.GELU(approximate="tanh")
@@ -222,14 +222,14 @@ class _MeanPooler(torch.nn.Module):
 
 
 def test_a_head_reading_every_token_keeps_the_full_last_layer(tiny_model_dir: str) -> None:
-    from trainer.inference import _FastLayer
+    from trainer.fused_layers import FastLayer
     from trainer.transformer import load_classifier
 
     clf = load_classifier(tiny_model_dir, device="cpu")
     clf.model.bert.pooler = _MeanPooler(clf.model.bert.pooler)
     fast = FastClassifier.from_classifier(clf, max_length=64, method="fp32")
     layers = fast.model.base_model.encoder.layer
-    assert all(isinstance(layer, _FastLayer) and not layer.first_only for layer in layers)
+    assert all(isinstance(layer, FastLayer) and not layer.first_only for layer in layers)
     # One by one: this mean also counts padding, so a padded batch would score otherwise.
     np.testing.assert_allclose(fast.predict_proba(REVIEWS, batch_size=1), _eager(clf, REVIEWS),
                                atol=1e-5)
