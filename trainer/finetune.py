@@ -41,7 +41,8 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
 
     Two engines share the same contract: the Hugging Face Trainer ("hf"), and trainer.loop's
     length-bucketed bf16 loop ("fast", 11-12x the throughput of a plain Trainer script that
-    pads to 512 tokens in fp32, on an H200: bench/results). "auto" picks "fast" on CUDA and "hf" elsewhere.
+    pads to 512 tokens in fp32, on an H200: bench/results). "auto" picks "fast" on CUDA and
+    "hf" elsewhere.
 
     Args:
         model: hub id, local directory or OFFLINE_MODELS name.

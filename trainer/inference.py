@@ -27,7 +27,9 @@ METHODS = ("auto", "int8", "bf16", "fp32")
 #   against 28.8 (3.1x; 3.06x and 3.10x in two runs before the pooler and head were packed
 #   too), int8 12.0 against 28.5 (2.4x). The fused layers (trainer.fused_layers) made bf16
 #   1.29x faster than the layers as transformers runs them, with the last cut to the first
-#   token (10.75 against 13.85 ms, interleaved); int8 gains 1.01x.
+#   token (10.75 against 13.85 ms; int8 gains 1.01x). Figures for one part against another,
+#   here and in trainer/fused_layers.py, come from ad-hoc scripts that score the same reviews
+#   with both builds in turn, as bench/infer.py does against eager fp32.
 # int8 is dynamic quantisation of every nn.Linear with per-channel weight scales and, on CPUs
 # with VNNI, full 8-bit activations (PyTorch's default keeps 7 bits, for CPUs without VNNI).
 # Against fp32 on 2,000 test reviews int8 costs 0.2-0.4 accuracy points, bf16 0.1-0.15; on the
@@ -210,8 +212,9 @@ def _trace(model: torch.nn.Module, tokenizer: Any, sdpa: bool) -> tuple[Graph, G
 
     Sequence length and batch size stay dynamic in the traces (checked on other shapes than
     the examples); a model that cannot be traced is scored eagerly instead. DeBERTa-v3-base
-    (eager attention), bf16, one 230-token review, Xeon: 92 ms traced against 116 eager.
-    """
+    size (eager attention, random weights), bf16, one 230-token review: 92 ms traced against
+    116 eager.
+"""
     token = min(1000, len(tokenizer) - 1)
     wrapped = _Logits(model).eval()
     try:
