@@ -6,6 +6,8 @@ import json
 import os
 import re
 from pathlib import Path
+import time
+from collections.abc import Callable
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -106,3 +108,17 @@ def emit(bench: str, figures: list[dict[str, Any]], results_dir: str | os.PathLi
     path = directory / f"{bench}-{slug(device)}{'-' + slug(tag) if tag else ''}.jsonl"
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def timed(fn: Callable[[], Any], device: Any) -> tuple[Any, float]:
+    """Run fn and return (its result, seconds), synchronising CUDA on both sides."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start

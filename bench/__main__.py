@@ -1,4 +1,4 @@
-"""`python -m bench train|infer|baseline|dashboard|stress [options]`: run one side-by-side benchmark."""
+"""`python -m bench train|infer|baseline|dashboard|stress|save [options]`: run one side-by-side benchmark."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +10,7 @@ BENCHES = {
     "baseline": "bench.baseline",
     "dashboard": "bench.dashboard",
     "stress": "bench.stress",
+    "save": "bench.save",
 }
 
 

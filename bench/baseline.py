@@ -77,7 +77,7 @@ def run_peer(train: Any, test: Any) -> dict[str, float]:
 
 def run_ours(train: Any, test: Any, seed: int) -> dict[str, float]:
     """trainer.baseline.train_baseline (cleaning, its own model selection) and predict_proba."""
-    from trainer.baseline import train_baseline
+    from trainer.baseline.model import train_baseline
 
     return _measure(lambda: train_baseline(train.texts, train.labels, seed=seed),
                     lambda m: m.predict_proba(test.texts) >= 0.5, test)

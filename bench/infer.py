@@ -1,4 +1,4 @@
-"""CPU inference: eager fp32 PyTorch (the plain way) vs trainer.inference.FastClassifier."""
+"""CPU inference: eager fp32 PyTorch (the plain way) vs trainer.transformer.fast.FastClassifier."""
 from __future__ import annotations
 
 import argparse
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from trainer.data import load_imdb
-    from trainer.inference import FastClassifier
+    from trainer.transformer.fast import FastClassifier
     from trainer.splits import stratified_subset
 
     data = load_imdb(args.data)
@@ -87,12 +87,12 @@ def sentiment_model(name: str, data: Any, args: argparse.Namespace
     """
     import torch
 
-    from trainer.transformer import load_classifier, resolve_model, save_classifier
+    from trainer.transformer.model import load_classifier, resolve_model, save_classifier
 
     params = {"learning_rate": 1e-4, "warmup_ratio": 0.1, "num_train_epochs": 1,
               "per_device_train_batch_size": 16, "weight_decay": 0.01}
     tuned = {"train_reviews": args.finetune_size, "max_length": args.finetune_length,
-             "by": "trainer.loop.train_fast", **params}
+             "by": "trainer.transformer.loop.train_fast", **params}
     key = f"{resolve_model(name)}|{args.finetune_size}|{args.finetune_length}|{args.seed}"
     cached = CACHE / f"finetuned-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if (cached / "config.json").exists():  # only models without a head were cached
@@ -101,7 +101,7 @@ def sentiment_model(name: str, data: Any, args: argparse.Namespace
     clf = load_classifier(name, device="cpu")
     if not clf.new_head:
         return clf, None
-    from trainer.loop import train_fast
+    from trainer.transformer.loop import train_fast
     from trainer.splits import stratified_subset
 
     train = stratified_subset(data.train, args.finetune_size, args.seed)

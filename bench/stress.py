@@ -3,8 +3,8 @@
     python -m bench stress --workers 8 --trials 5 [--backends sqlite,postgresql] [--out FILE]
 
 Each worker is a real process on the real storage path (Optuna's RDBStorage through
-trainer.workers.optuna_storage, our Store's per-trial rows); only the training is faked, exactly
-as tests/trainer/test_workers.py fakes it, so the figure is the storage path's throughput.
+trainer.tuning.storage.optuna_storage, our Store's per-trial rows); only the training is faked, exactly
+as tests/trainer/tuning/test_workers.py fakes it, so the figure is the storage path's throughput.
 SQLite lives in a temporary folder; PostgreSQL (TEST_DATABASE_URL, else the local server) in a
 fresh schema that is dropped afterwards. Prints one JSON object per backend.
 """
@@ -146,7 +146,7 @@ def _prepare(config: Any) -> None:
     import optuna
 
     from storage.store import open_store
-    from trainer import tuning
+    from trainer.tuning import study as tuning
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     open_store(config.db).close()
@@ -155,7 +155,7 @@ def _prepare(config: Any) -> None:
 
 def _run_workers(config: Any, n_workers: int, n_trials: int, folder: Path) -> int:
     """Start the workers together and wait for all; returns how many did not exit with 0."""
-    from tests.trainer.test_workers import WORKER  # the fake-fast training the tests use
+    from tests.trainer.tuning.test_workers import WORKER  # the fake-fast training the tests use
 
     script, marks = folder / "worker.py", folder / "marks"
     script.write_text(WORKER, encoding="utf-8")
@@ -190,7 +190,7 @@ def _count(config: Any) -> dict[str, int]:
     from optuna.trial import TrialState
 
     from storage.store import open_store
-    from trainer.workers import optuna_storage
+    from trainer.tuning.storage import optuna_storage
 
     storage = optuna_storage(config.db, 0)
     trials = optuna.load_study(study_name=STUDY, storage=storage).get_trials(deepcopy=False)

@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--only ours needs --peer-json with the peer's figures")
     from trainer.data import load_imdb
     from trainer.splits import stratified_subset
-    from trainer.transformer import default_device, free_memory, resolve_model
+    from trainer.transformer.model import default_device, free_memory, resolve_model
 
     args.device = args.device or default_device()
     args.peer_epochs = args.peer_epochs or args.epochs
@@ -181,8 +181,9 @@ def run_ours(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
     """train_fast from the same checkpoint, then predict_fast on the test split."""
     from transformers import set_seed
 
-    from trainer.loop import predict_fast, timed, train_fast
-    from trainer.transformer import load_classifier
+    from bench import timed
+    from trainer.transformer.loop import predict_fast, train_fast
+    from trainer.transformer.model import load_classifier
 
     set_seed(args.seed)  # the new head is initialised from the global RNG, as in the peer
     clf = load_classifier(model, device=args.device)

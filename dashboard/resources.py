@@ -48,7 +48,7 @@ def optuna_storage(url: str) -> Any:
         StorageError: the database cannot be opened.
         ConfigError: the URL is an in-memory SQLite database.
     """
-    from trainer.workers import optuna_storage as make
+    from trainer.tuning.storage import optuna_storage as make
 
     return make(url, 0)
 

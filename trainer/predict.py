@@ -112,7 +112,7 @@ def resolve_ref(store, ref: str, study: str | None = None) -> Run:
 
 class _BaselinePredictor:
     def __init__(self, run: Run) -> None:
-        from trainer.baseline_io import load_baseline
+        from trainer.baseline.io import load_baseline
 
         self.name = _label(run.id, run.spec)
         self._model = load_baseline(run.spec.artifact)
@@ -126,26 +126,26 @@ class _BaselinePredictor:
 
 class _TransformerPredictor:
     def __init__(self, run: Run, max_length: int, fast: bool = False) -> None:
-        from trainer import transformer
+        from trainer.transformer import model as transformer
 
         self.name = _label(run.id, run.spec)
         self._max_length = max_length
         self._clf = transformer.load_classifier(run.spec.artifact)
         self._fast = None
         if fast and self._clf.device == "cpu":
-            from trainer.inference import FastClassifier
+            from trainer.transformer.fast import FastClassifier
 
             self._fast = FastClassifier.from_classifier(self._clf, max_length=max_length)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        from trainer.transformer import predict_proba
+        from trainer.transformer.model import predict_proba
 
         if self._fast is not None:
             return self._fast.predict_proba(list(texts))
         return predict_proba(self._clf, list(texts), max_length=self._max_length)
 
     def explain(self, text: str, top_k: int = 10) -> list:
-        from trainer.transformer import explain
+        from trainer.transformer.attribution import explain
 
         return explain(self._clf, text, max_length=self._max_length, top_k=top_k)
 
@@ -154,7 +154,7 @@ def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None 
                    fast: bool = False):
     """Load the model a reference names, ready to classify.
 
-    fast: on a CPU, score transformer models with trainer.inference.FastClassifier (bf16 or
+    fast: on a CPU, score transformer models with trainer.transformer.fast.FastClassifier (bf16 or
     int8; probabilities within about 1e-2 of fp32); explanations stay fp32.
 
     Raises:

@@ -47,8 +47,9 @@ def study_entries(url: str, name: str | None = None) -> list[dict[str, Any]]:
     import optuna
     from optuna.trial import TrialState
 
-    from trainer.trials import quiet_optuna
-    from trainer.workers import optuna_storage, ranked
+    from trainer.tuning.trials import quiet_optuna
+    from trainer.tuning.storage import optuna_storage
+    from trainer.tuning.trials import ranked
 
     storage = optuna_storage(url, heartbeat=0)  # one engine for every study, lock-tolerant
     entries = []

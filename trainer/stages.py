@@ -48,7 +48,7 @@ class Context:
 
 def for_transformers(config: Config) -> Config:
     """Fill unset sizes for the device the transformer stages will use."""
-    from trainer.transformer import default_device
+    from trainer.transformer.model import default_device
 
     return config.sized_for(default_device())
 
@@ -75,8 +75,8 @@ def _artifact_dir(ctx: Context, name: str) -> Path:
 
 def baseline(ctx: Context) -> Run:
     """Stage 1: TF-IDF + logistic regression on the whole train split, scored on the whole test split."""
-    from trainer.baseline import train_baseline
-    from trainer.baseline_io import save_baseline
+    from trainer.baseline.model import train_baseline
+    from trainer.baseline.io import save_baseline
 
     key = ctx.config.fingerprint("data", "seed")
     if (run := _done(ctx, "baseline", key)) is not None:
@@ -94,7 +94,7 @@ def baseline(ctx: Context) -> Run:
 
 def pretrained(ctx: Context) -> Run:
     """Stage 2: the pretrained checkpoint scored on the test subset before any fine-tuning."""
-    from trainer import transformer
+    from trainer.transformer import model as transformer
 
     c = ctx.config
     key = c.fingerprint("data", "model", "test_size", "max_length", "seed")
@@ -117,7 +117,7 @@ def pretrained(ctx: Context) -> Run:
 
 def tune(ctx: Context, n_trials: int, *, join: bool = False):
     """Stage 3: run n_trials more trials of the study (join=True: the study must exist already)."""
-    from trainer import tuning
+    from trainer.tuning import study as tuning
 
     train, validation = ctx.tuning_splits()
     run_trials = tuning.work if join else tuning.tune
@@ -129,7 +129,7 @@ def remaining_trials(ctx: Context) -> int:
     """How many trials `run` still owes the study: --trials minus those already finished."""
     import optuna
 
-    from trainer import tuning
+    from trainer.tuning import study as tuning
 
     try:
         study = tuning.open_study(ctx.config, create=False)
@@ -142,7 +142,9 @@ def remaining_trials(ctx: Context) -> int:
 
 def final(ctx: Context) -> Run:
     """Stage 4: the study's best model scored once on the test subset."""
-    from trainer import transformer, tuning
+    from trainer.transformer import model as transformer
+    from trainer.tuning import study as tuning
+    from trainer.tuning.artifacts import best_trial_artifact
 
     c = ctx.config
     study = tuning.open_study(c, create=False)
@@ -152,7 +154,7 @@ def final(ctx: Context) -> Run:
     if (run := _done(ctx, "finetuned", key)) is not None:
         return run
     started, test = time.monotonic(), ctx.test_subset()
-    model_dir = _final_model(ctx, best, tuning.best_trial_artifact(ctx.store, c.study))
+    model_dir = _final_model(ctx, best, best_trial_artifact(ctx.store, c.study))
     clf = transformer.load_classifier(str(model_dir))
     probs = transformer.predict_proba(clf, test.texts, max_length=c.max_length,
                                       batch_size=c.batch_size, progress=ctx.progress)
@@ -176,9 +178,11 @@ def _best_trial(study):
 
 def _final_model(ctx: Context, best, trial_dir: str | None) -> Path:
     """A copy of the best trial's saved model, or the model retrained with the best parameters."""
-    from trainer import finetune, transformer, tuning
+    from trainer.transformer import finetune
+    from trainer.transformer import model as transformer
+    from trainer.tuning.artifacts import study_dir_name
 
-    target = _artifact_dir(ctx, f"{tuning.study_dir_name(ctx.config.study)}/final-t{best.number}")
+    target = _artifact_dir(ctx, f"{study_dir_name(ctx.config.study)}/final-t{best.number}")
     if (target / "config.json").exists():
         return target
     if trial_dir and Path(trial_dir, "config.json").exists():

@@ -158,8 +158,8 @@ def add_trial_runs(store: Store, study: optuna.Study, reviews: Reviews,
 
 def baseline_artifact(directory: Path, reviews: Reviews) -> str:
     """Train and save a real TF-IDF baseline on the reviews; returns its folder."""
-    from trainer.baseline import train_baseline
-    from trainer.baseline_io import save_baseline
+    from trainer.baseline.model import train_baseline
+    from trainer.baseline.io import save_baseline
 
     model = train_baseline(list(reviews.texts), list(reviews.labels), seed=0)
     return str(save_baseline(model, directory))

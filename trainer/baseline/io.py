@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.baseline import TOKEN_PATTERN, BaselineModel
+from trainer.baseline.model import TOKEN_PATTERN, BaselineModel
 from trainer.errors import ModelError
 
 FORMAT = "sentiment-tfidf-baseline/1"

@@ -22,7 +22,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import normalize
 from tqdm.auto import tqdm
 
-from trainer.baseline_features import (
+from trainer.baseline.features import (
     Index,
     build_index,
     count_matrix,
@@ -32,7 +32,7 @@ from trainer.baseline_features import (
 )
 from trainer.errors import DataError
 from trainer.explanation import Contribution
-from trainer.text import clean
+from trainer.baseline.cleaning import clean
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # scikit-learn's default, so its TfidfVectorizer reproduces ours
 _TOKENS = re.compile(TOKEN_PATTERN)

@@ -110,3 +110,9 @@ def _trial_hash(config: Config, params: dict[str, Any]) -> str:
 def _finite(scalars: dict[str, float]) -> dict[str, float | None]:
     """JSON-safe metrics: NaN (roc_auc with one class present) becomes None."""
     return {k: (float(v) if math.isfinite(v) else None) for k, v in scalars.items()}
+
+
+def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Complete trials, best first; ties go to the earlier trial, as Optuna's best_trial does."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return sorted(complete, key=lambda t: (-t.value, t.number))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.text import clean
+from trainer.baseline.cleaning import clean
 
 
 @pytest.mark.parametrize(

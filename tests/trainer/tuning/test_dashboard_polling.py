@@ -14,7 +14,7 @@ import streamlit as st
 from dashboard import resources, views
 from dashboard import study_views as sv
 from storage.store import open_store
-from tests.trainer.test_workers import Workers, make_config
+from tests.trainer.tuning.test_workers import Workers, make_config
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_dashboard_polling_during_eight_workers_loses_no_trial(
     url: str, tmp_path: Path, workers: Workers
 ) -> None:
     config = make_config(url, tmp_path, heartbeat=5)
-    from trainer import tuning
+    from trainer.tuning import study as tuning
 
     tuning.open_study(config, create=True)
     poller = Poller(url, config.study)

@@ -14,12 +14,17 @@ import pytest
 from optuna.trial import TrialState
 
 from storage.store import open_store
-from trainer import finetune, transformer, tuning, workers
+from trainer.transformer import finetune
+from trainer.transformer import model as transformer
+from trainer.tuning import artifacts
+from trainer.tuning import space as search_space
+from trainer.tuning import storage as tuning_storage
+from trainer.tuning import study as tuning
 from trainer.config import Config
 from trainer.errors import ConfigError, TrainerError
 from trainer.report import study_entries
 from trainer.splits import Split
-from trainer.trials import EPOCH_METRICS, FAIL_REASON, log_trial
+from trainer.tuning.trials import EPOCH_METRICS, FAIL_REASON, log_trial
 
 POSITIVE = ["great", "wonderful", "superb", "loved", "brilliant", "moving"]
 NEGATIVE = ["awful", "boring", "terrible", "hated", "dull", "weak"]
@@ -110,7 +115,7 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def trial_dirs(config: Config) -> set[str]:
-    root = Path(config.artifacts) / tuning.study_dir_name(config.study)
+    root = Path(config.artifacts) / artifacts.study_dir_name(config.study)
     return {p.name for p in root.iterdir()} if root.exists() else set()
 
 
@@ -149,10 +154,10 @@ def test_three_trial_study_stores_validation_runs_with_predictions(
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert complete, "the first trials are never pruned"
     best = study.best_trial
-    artifact = tuning.best_trial_artifact(store, config.study)
+    artifact = artifacts.best_trial_artifact(store, config.study)
     assert artifact == runs[best.number].spec.artifact
     assert any(p.suffix == ".safetensors" for p in Path(artifact).iterdir())
-    assert len(trial_dirs(config)) == min(len(complete), tuning.KEEP_ARTIFACTS)
+    assert len(trial_dirs(config)) == min(len(complete), artifacts.KEEP_ARTIFACTS)
 
 
 def test_resuming_adds_trials_with_contiguous_numbers_and_no_duplicates(
@@ -238,7 +243,7 @@ def test_search_space_overrides_are_respected(
 ])
 def test_malformed_search_space_is_refused(space: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
-        tuning.resolve_space(space)
+        search_space.resolve_space(space)
 
 
 def test_a_malformed_search_space_stops_tune_before_any_trial(
@@ -295,12 +300,12 @@ def test_each_trial_ends_in_one_short_line_instead_of_optunas_info_lines(
 
     calls: list[int] = []
     monkeypatch.setattr(finetune, "fine_tune", second_diverges)
-    caplog.set_level("INFO", logger="trainer.trials")
+    caplog.set_level("INFO", logger="trainer.tuning.trials")
     verbosity = optuna.logging.get_verbosity()
     tuning.tune(make_config(sqlite_url, tmp_path), TRAIN, VALIDATION, store_for(sqlite_url),
                 n_trials=3, progress=False)
 
-    lines = [r.getMessage() for r in caplog.records if r.name == "trainer.trials"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "trainer.tuning.trials"]
     assert [line.split(":")[0] for line in lines] == ["trial 0", "trial 1", "trial 2"]
     assert lines[0].startswith("trial 0: accuracy ") and "(best: trial 0, " in lines[0]
     assert "learning_rate=" in lines[0] and len(lines[0]) < 200
@@ -317,7 +322,7 @@ def test_a_pruned_trial_is_logged_with_its_last_epoch(caplog: pytest.LogCaptureF
                                                      .FloatDistribution(1e-6, 1e-3)},
                                       intermediate_values={1: 0.61, 2: 0.46})
     study.add_trial(trial)
-    caplog.set_level("INFO", logger="trainer.trials")
+    caplog.set_level("INFO", logger="trainer.tuning.trials")
     log_trial(study, study.trials[0])
     line = "trial 0: pruned after epoch 2 at accuracy 0.4600; learning_rate=3e-05"
     assert caplog.messages == [line]
@@ -358,7 +363,7 @@ def test_pruned_trials_keep_their_rows(
     assert sorted(runs) == [0, 1, 2]
     assert all(r.spec.config["epoch"] == 1 and r.spec.artifact is None for r in runs.values())
     assert trial_dirs(config) == set()
-    assert tuning.best_trial_artifact(store, config.study) is None
+    assert artifacts.best_trial_artifact(store, config.study) is None
 
 
 def test_the_last_epoch_is_never_pruned(
@@ -383,7 +388,7 @@ def test_only_the_best_two_trials_keep_their_model(
 
     ranked = sorted(study.get_trials(deepcopy=False), key=lambda t: (-t.value, t.number))
     assert trial_dirs(config) == {f"trial-{t.number}" for t in ranked[:2]}
-    best = tuning.best_trial_artifact(store, config.study)
+    best = artifacts.best_trial_artifact(store, config.study)
     assert best is not None and Path(best).name == f"trial-{study.best_trial.number}"
 
 
@@ -401,7 +406,7 @@ def test_hostile_study_names_are_plain_names(
     assert sorted(optuna.get_all_study_names(file_db_url)) == sorted(HOSTILE_NAMES)
     for name in HOSTILE_NAMES:
         assert sorted(store.trial_runs(name)) == [0]
-        assert Path(tuning.best_trial_artifact(store, name)).name == "trial-0"
+        assert Path(artifacts.best_trial_artifact(store, name)).name == "trial-0"
     assert sorted(e["name"] for e in study_entries(file_db_url)) == sorted(HOSTILE_NAMES)
     (entry,) = study_entries(file_db_url, HOSTILE_NAMES[0])
     study = optuna.load_study(study_name=HOSTILE_NAMES[0], storage=file_db_url)
@@ -421,7 +426,7 @@ def test_a_600_character_study_name_is_refused_clearly(tmp_path: Path) -> None:
 
 def test_study_dir_names_stay_inside_and_differ_per_name() -> None:
     names = ["../x", "..", ".", "", "/", "x", "X", "a b", "a-b", "s" * 200]
-    dirs = [tuning.study_dir_name(n) for n in names]
+    dirs = [artifacts.study_dir_name(n) for n in names]
     assert len(set(dirs)) == len(dirs)
     for d in dirs:
         assert d not in (".", "..") and "/" not in d and "\\" not in d and len(d) <= 60
@@ -448,13 +453,13 @@ def test_an_in_memory_database_cannot_hold_a_study(tmp_path: Path) -> None:
 
 def test_storage_heartbeat_and_retry_of_stale_trials_are_configured(tmp_path: Path) -> None:
     path = tmp_path / "new" / "runs.db"
-    storage = tuning.optuna_storage(f"sqlite:///{path}", heartbeat=7)
+    storage = tuning_storage.optuna_storage(f"sqlite:///{path}", heartbeat=7)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert storage.heartbeat_interval == 7
     assert storage.grace_period >= 14
     assert storage.heartbeat_stale_trial_callback._max_retry == 1
-    off = tuning.optuna_storage(f"sqlite:///{path}", heartbeat=0)
+    off = tuning_storage.optuna_storage(f"sqlite:///{path}", heartbeat=0)
     assert off.heartbeat_interval is None and off.heartbeat_stale_trial_callback is None
 
 
@@ -462,8 +467,8 @@ def test_a_locked_sqlite_database_is_waited_out_not_fatal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "locked.db"
-    monkeypatch.setattr(workers, "SQLITE_BUSY_S", 0.05)  # give up waiting almost at once
-    study = optuna.create_study(storage=tuning.optuna_storage(f"sqlite:///{path}", 0),
+    monkeypatch.setattr(tuning_storage, "SQLITE_BUSY_S", 0.05)  # give up waiting almost at once
+    study = optuna.create_study(storage=tuning_storage.optuna_storage(f"sqlite:///{path}", 0),
                                 study_name="s")
     other = sqlite3.connect(path, check_same_thread=False)
     other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock for a while
@@ -480,6 +485,6 @@ def test_a_locked_sqlite_database_is_waited_out_not_fatal(
 def test_only_transient_database_errors_are_retried() -> None:
     locked = RuntimeError("commit failed")
     locked.__cause__ = sqlite3.OperationalError("database is locked")
-    assert workers.is_transient(locked)
-    assert workers.is_transient(RuntimeError("ERROR: deadlock detected"))
-    assert not workers.is_transient(ValueError("value too long for type character varying"))
+    assert tuning_storage.is_transient(locked)
+    assert tuning_storage.is_transient(RuntimeError("ERROR: deadlock detected"))
+    assert not tuning_storage.is_transient(ValueError("value too long for type character varying"))

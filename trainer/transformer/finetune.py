@@ -1,4 +1,4 @@
-"""Fine-tune a sequence classifier for sentiment: Hugging Face Trainer or trainer.loop."""
+"""Fine-tune a sequence classifier for sentiment: Hugging Face Trainer or trainer.transformer.loop."""
 from __future__ import annotations
 
 import functools
@@ -11,15 +11,15 @@ import numpy as np
 import torch
 
 from trainer.errors import ConfigError
-from trainer.loop import check_ranges, train_fast
-from trainer.transformer import (
+from trainer.transformer.loop import check_ranges, train_fast
+from trainer.transformer.model import (
     Classifier,
     TrainingDiverged,
-    _max_length,
-    _probabilities,
     default_device,
     free_memory,
     load_classifier,
+    predict_proba,
+    token_limit,
 )
 
 DEFAULT_PARAMS: dict[str, float | int] = {
@@ -39,7 +39,7 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
               engine: str = "auto") -> Classifier:
     """Fine-tune a model for binary sentiment.
 
-    Two engines share the same contract: the Hugging Face Trainer ("hf"), and trainer.loop's
+    Two engines share the same contract: the Hugging Face Trainer ("hf"), and trainer.transformer.loop's
     length-bucketed bf16 loop ("fast", 11-12x the throughput of a plain Trainer script that
     pads to 512 tokens in fp32, on an H200: bench/results). "auto" picks "fast" on CUDA and
     "hf" elsewhere.
@@ -85,12 +85,12 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
     try:
         if fast:
             trained = train_fast(clf.model, clf.tokenizer, train_texts, train_labels, val_texts,
-                                 hp, max_length=_max_length(clf, max_length),
+                                 hp, max_length=token_limit(clf, max_length),
                                  seed=seed, on_epoch=on_epoch, device=device, progress=progress,
                                  positive_index=clf.positive_index)
         else:
             trainer = _build_trainer(clf, (train_texts, train_labels), val_texts, hp,
-                                     max_length=_max_length(clf, max_length),
+                                     max_length=token_limit(clf, max_length),
                                      output_dir=output_dir, seed=seed, on_epoch=on_epoch,
                                      progress=progress)
             trainer.train()
@@ -224,7 +224,8 @@ def _trainer_classes() -> tuple[type, type]:
             model = kwargs["model"]
             current = Classifier(model, self.clf.tokenizer, self.clf.positive_index, False,
                                  self.clf.name, str(next(model.parameters()).device))
-            probs = _probabilities(current, self.texts, self.max_length, self.batch_size, False)
+            probs = predict_proba(current, self.texts, max_length=self.max_length,
+                                  batch_size=self.batch_size)
             self.on_epoch(self.epoch, probs)
 
     return CheckedTrainer, EpochReporter

@@ -1,6 +1,6 @@
 """BERT-style encoder layers rewritten for CPU scoring, and Linear layers packed for oneDNN.
 
-Used by trainer.inference.FastClassifier; each rewrite is checked against the model it replaces.
+Used by trainer.transformer.fast.FastClassifier; each rewrite is checked against the model it replaces.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from trainer.loop import _is_sdpa
+from trainer.transformer.model import uses_sdpa
 
 log = logging.getLogger(__name__)
 Graph = Callable[..., torch.Tensor]
@@ -187,7 +187,7 @@ def fuse_layers(model: torch.nn.Module, tokenizer: Any) -> None:
     ids = torch.randint(0, len(tokenizer), (2, 29), generator=gen)
     keep = torch.ones_like(ids, dtype=torch.bool)
     keep[0, 17:] = False
-    keep = padding_mask(keep, _is_sdpa(model))
+    keep = padding_mask(keep, uses_sdpa(model))
     with torch.inference_mode():
         want = [model(input_ids=ids).logits, model(input_ids=ids, attention_mask=keep).logits]
     for first_only in (True, False):

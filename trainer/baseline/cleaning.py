@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import string
 
-_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation if c != "'"})
 
 
@@ -18,4 +18,4 @@ def clean(text: str) -> str:
     Returns:
         The cleaned review; whitespace is kept as produced (the vectoriser splits on it).
     """
-    return _BREAK.sub(" ", text).translate(_PUNCTUATION).lower()
+    return BREAK.sub(" ", text).translate(_PUNCTUATION).lower()

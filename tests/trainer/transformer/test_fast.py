@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.inference import FastClassifier
+from trainer.transformer.fast import FastClassifier
 
 REVIEWS = [
     "A wonderful film.",
@@ -21,7 +21,7 @@ REVIEWS = [
 @pytest.fixture(scope="module")
 def clf(tiny_model_dir: str):
     """The tiny random classifier as saved: every logit gap is near -0.02."""
-    from trainer.transformer import load_classifier
+    from trainer.transformer.model import load_classifier
 
     return load_classifier(tiny_model_dir, device="cpu")
 
@@ -33,7 +33,7 @@ def spread(tiny_model_dir: str):
     A random tiny BERT gives nearly the same score to every review, which would hide a review
     getting another's score; this head spreads the scores over (0.04, 0.98) instead.
     """
-    from trainer.transformer import load_classifier
+    from trainer.transformer.model import load_classifier
 
     return _spread(load_classifier(tiny_model_dir, device="cpu"))
 
@@ -41,7 +41,7 @@ def spread(tiny_model_dir: str):
 @pytest.fixture(scope="module")
 def deberta(tiny_model_dir_factory):
     """A tiny DeBERTa-v2 classifier (eager attention, relative positions), its scores spread."""
-    from trainer.transformer import load_classifier
+    from trainer.transformer.model import load_classifier
 
     return _spread(load_classifier(tiny_model_dir_factory("tiny-deberta", deberta=True),
                                    device="cpu"))
@@ -67,7 +67,7 @@ def _spread(loaded):
 
 
 def _eager(clf, texts: list[str]) -> np.ndarray:
-    from trainer.transformer import predict_proba
+    from trainer.transformer.model import predict_proba
 
     return predict_proba(clf, texts, max_length=64, batch_size=1)  # one by one: no padding
 
@@ -81,7 +81,7 @@ def test_fp32_scores_equal_the_eager_model_in_the_input_order(spread) -> None:
 
 
 def test_deberta_keeps_its_layers_and_is_traced(deberta) -> None:
-    from trainer.fused_layers import OneDNNLinear
+    from trainer.transformer.fused_layers import OneDNNLinear
 
     fast = FastClassifier.from_classifier(deberta, max_length=64, method="fp32")
     assert fast.graphs is not None and not fast.sdpa  # eager attention: a 2-D padding mask
@@ -131,7 +131,7 @@ def test_int8_scores_a_review_the_same_alone_or_in_a_batch(clf) -> None:
 @pytest.mark.parametrize(("flags", "full_range"), [({"avx512_vnni"}, True), ({"avx2"}, False)])
 def test_int8_keeps_8_bit_activations_only_where_vnni_makes_it_safe(
         clf, monkeypatch: pytest.MonkeyPatch, flags: set, full_range: bool) -> None:
-    from trainer import inference
+    from trainer.transformer import fast as inference
 
     monkeypatch.setattr(inference, "_cpu_flags", lambda: flags)
     fast = FastClassifier.from_classifier(clf, max_length=64, method="int8")
@@ -145,7 +145,7 @@ def test_int8_keeps_8_bit_activations_only_where_vnni_makes_it_safe(
                                                ({"avx2"}, "int8")])
 def test_auto_takes_bf16_only_on_cpus_that_compute_in_bf16(
         clf, monkeypatch: pytest.MonkeyPatch, flags: set, method: str) -> None:
-    from trainer import inference
+    from trainer.transformer import fast as inference
 
     monkeypatch.setattr(inference, "_cpu_flags", lambda: flags)
     assert FastClassifier.from_classifier(clf, max_length=64).method == method
@@ -169,7 +169,7 @@ def test_no_reviews_give_no_scores_and_a_bad_method_is_named(clf) -> None:
 @pytest.mark.parametrize("method", ["fp32", "int8", "bf16"])
 def test_bert_layers_are_fused_and_the_last_reads_the_first_token_only(spread, method: str
                                                                         ) -> None:
-    from trainer.fused_layers import FastLayer, OneDNNLinear
+    from trainer.transformer.fused_layers import FastLayer, OneDNNLinear
 
     fast = FastClassifier.from_classifier(spread, max_length=64, method=method)
     layers = fast.model.base_model.encoder.layer
@@ -190,7 +190,7 @@ def test_bert_layers_are_fused_and_the_last_reads_the_first_token_only(spread, m
 def test_packed_products_compute_what_plain_linear_layers_do(act, residual: bool) -> None:
     from transformers.activations import GELUActivation
 
-    from trainer.fused_layers import OneDNNLinear, _linear, onednn_runs
+    from trainer.transformer.fused_layers import OneDNNLinear, _linear, onednn_runs
 
     act = GELUActivation() if act == "transformers-gelu" else act
     assert onednn_runs(torch.float32) is torch.backends.mkldnn.is_available()
@@ -222,8 +222,8 @@ class _MeanPooler(torch.nn.Module):
 
 
 def test_a_head_reading_every_token_keeps_the_full_last_layer(tiny_model_dir: str) -> None:
-    from trainer.fused_layers import FastLayer
-    from trainer.transformer import load_classifier
+    from trainer.transformer.fused_layers import FastLayer
+    from trainer.transformer.model import load_classifier
 
     clf = load_classifier(tiny_model_dir, device="cpu")
     clf.model.bert.pooler = _MeanPooler(clf.model.bert.pooler)

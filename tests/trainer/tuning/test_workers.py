@@ -19,9 +19,10 @@ import pytest
 from optuna.trial import TrialState
 
 from storage.store import open_store
-from trainer import tuning
+from trainer.tuning import study as tuning
 from trainer.config import Config
-from trainer.trials import EPOCH_METRICS, FAIL_REASON
+from trainer.tuning.storage import optuna_storage
+from trainer.tuning.trials import EPOCH_METRICS, FAIL_REASON
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +40,8 @@ args = json.loads(sys.argv[1])
 sys.path.insert(0, args["repo"])
 from trainer.errors import ModelError  # noqa: E402
 
-fake = types.ModuleType("trainer.transformer")
-fake_finetune = types.ModuleType("trainer.finetune")
+fake = types.ModuleType("trainer.transformer.model")
+fake_finetune = types.ModuleType("trainer.transformer.finetune")
 
 
 class TrainingDiverged(ModelError):
@@ -76,19 +77,19 @@ fake.free_memory = lambda: None
 fake.resolve_model = lambda name: name
 fake.check_location = lambda path: None
 fake.default_device = lambda: "cpu"
-sys.modules["trainer.transformer"] = fake
-sys.modules["trainer.finetune"] = fake_finetune
+sys.modules["trainer.transformer.model"] = fake
+sys.modules["trainer.transformer.finetune"] = fake_finetune
 
 import optuna  # noqa: E402
 
-import trainer  # noqa: E402
+import trainer.transformer  # noqa: E402
 from storage.store import open_store  # noqa: E402
-from trainer import tuning  # noqa: E402
+from trainer.tuning import study as tuning  # noqa: E402
 from trainer.config import Config  # noqa: E402
 from trainer.splits import Split  # noqa: E402
 
-trainer.transformer = fake
-trainer.finetune = fake_finetune
+trainer.transformer.model = fake
+trainer.transformer.finetune = fake_finetune
 tuning.make_pruner = optuna.pruners.NopPruner
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -232,7 +233,7 @@ def test_a_killed_worker_s_trial_fails_and_is_retried_once_with_the_same_params(
 
 def wait_until_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Wait (no assertion on how long) until the killed trial's heartbeat is past the grace."""
-    storage = tuning.optuna_storage(study._storage._backend.url, heartbeat=1)
+    storage = optuna_storage(study._storage._backend.url, heartbeat=1)
     deadline = time.monotonic() + WAIT_S
     while trial._trial_id not in storage._get_stale_trial_ids(study._study_id):
         assert time.monotonic() < deadline, "the killed trial never became stale"

@@ -1,13 +1,10 @@
-"""One study, many processes: Optuna storage with lock retries and heartbeat, model folders."""
+"""One study, many processes: Optuna's storage with lock retries and a heartbeat."""
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import random
-import re
-import shutil
 import sqlite3
 import time
 import warnings
@@ -17,7 +14,6 @@ from typing import Any, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial, TrialState
 
 from storage.engine import PG_CONNECT_TIMEOUT_S, SQLITE_BUSY_S, reason, switch_to_wal
 from storage.errors import StorageError
@@ -33,7 +29,6 @@ STALE_RETRIES = 1  # a trial whose worker died is run once more with the same pa
 # A lock wait or a busy CPU can delay a heartbeat by seconds, and SQLite keeps whole seconds:
 # below GRACE_SLACK_S a tight interval would fail trials whose worker is alive.
 GRACE_SLACK_S = 5
-_TRIAL_DIR = re.compile(r"^trial-(\d+)$")
 _TRANSIENT = (
     "database is locked",
     "database table is locked",
@@ -190,42 +185,3 @@ def _stale_callback(heartbeat: int) -> RetryHeartbeatStaleTrialCallback | None:
     if not heartbeat:
         return None
     return RetryHeartbeatStaleTrialCallback(max_retry=STALE_RETRIES)
-
-
-# --- model folders shared by the workers of a study ----------------------------------------
-
-
-def study_dir_name(study: str) -> str:
-    """A folder name for the study that is safe on any filesystem and unique per name.
-
-    A readable slug of the name plus a hash of the whole name: `../x` becomes `x-<hash>`,
-    never a path outside the artifacts folder.
-    """
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", study).strip("-_")[:40] or "study"
-    return f"{slug}-{hashlib.sha256(study.encode('utf-8')).hexdigest()[:10]}"
-
-
-def keep_best_artifacts(root: Path, keep: int) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """A study callback: delete the `trial-N` model folders of all but the best `keep` trials.
-
-    Folders of running or waiting trials stay: another worker may be writing one right now.
-    """
-
-    def callback(study: optuna.Study, _: FrozenTrial) -> None:
-        if not root.is_dir():
-            return
-        trials = study.get_trials(deepcopy=False)
-        kept = {t.number for t in ranked(trials)[:keep]}
-        kept |= {t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
-        for path in root.iterdir():
-            match = _TRIAL_DIR.match(path.name)
-            if match and int(match.group(1)) not in kept and path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-
-    return callback
-
-
-def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Complete trials, best first; ties go to the earlier trial, as Optuna's best_trial does."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return sorted(complete, key=lambda t: (-t.value, t.number))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.errors import ConfigError
+from trainer.transformer.model import uses_sdpa
 
 PAD_MULTIPLE = 64  # batches are padded to a multiple of this: few distinct shapes, little padding
 NAN_CHECK_EVERY = 50  # steps between the only host syncs of training: a finite-loss check
@@ -200,7 +200,7 @@ def train_fast(model: Any, tokenizer: Any, train_texts: Sequence[str], train_lab
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     model.to(dev).train()
-    data = _Batches(encode(tokenizer, train_texts, max_length=max_length), dev, _is_sdpa(model))
+    data = _Batches(encode(tokenizer, train_texts, max_length=max_length), dev, uses_sdpa(model))
     targets = _targets(train_labels, positive_index, dev)
     budget = _tokens_per_batch(hp, max_length, dev)
     rng = np.random.default_rng(seed)
@@ -259,7 +259,7 @@ class _Loop:
     def _check_finite(self, loss_sum: torch.Tensor, count: int) -> None:
         value = float(loss_sum.item())  # the one host sync in NAN_CHECK_EVERY steps
         if not math.isfinite(value):
-            from trainer.transformer import TrainingDiverged
+            from trainer.transformer.model import TrainingDiverged
 
             raise TrainingDiverged(
                 f"training diverged: the loss became {value} by step {self.step} with learning "
@@ -300,10 +300,6 @@ def check_ranges(hp: dict[str, Any]) -> None:
     for name, ok in checks.items():
         if not ok:
             raise ConfigError(f"fine-tuning parameter {name} is out of range, got {hp[name]!r}")
-
-
-def _is_sdpa(model: Any) -> bool:
-    return getattr(model.config, "_attn_implementation", None) == "sdpa"
 
 
 def _targets(labels: Sequence[int], positive_index: int, device: torch.device) -> torch.Tensor:
@@ -384,7 +380,7 @@ def predict_fast(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length
     dev = torch.device(device) if device else next(model.parameters()).device
     if not len(texts):
         return np.empty(0, dtype=np.float64)
-    data = _Batches(encode(tokenizer, texts, max_length=max_length), dev, _is_sdpa(model))
+    data = _Batches(encode(tokenizer, texts, max_length=max_length), dev, uses_sdpa(model))
     plan = plan_batches(data.lengths_host, tokens_per_batch, data.width)
     out = torch.empty(len(texts), dtype=torch.float32, device=dev)
     was_training = model.training
@@ -395,15 +391,3 @@ def predict_fast(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length
             out[rows] = torch.softmax(logits, dim=-1)[:, positive_index]
     model.train(was_training)
     return out.cpu().numpy().astype(np.float64)
-
-
-def timed(fn: Callable[[], Any], device: torch.device | str) -> tuple[Any, float]:
-    """Run fn and return (its result, seconds), synchronising CUDA on both sides."""
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start

@@ -1,6 +1,6 @@
 """Time saving 25,000 predictions with review texts on SQLite and PostgreSQL (not a test).
 
-Run: python -m tests.storage.bench_save [postgresql+psycopg://postgres@127.0.0.1:5432/test]
+Run: python -m bench save [postgresql+psycopg://postgres@127.0.0.1:5432/test]
 """
 from __future__ import annotations
 
@@ -46,25 +46,27 @@ def _time(url: str, preds: Predictions) -> None:
     store.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    urls = sys.argv[1:] if argv is None else argv
     preds = _predictions()
     chars = sum(map(len, preds.texts or ()))
     print(f"{N} predictions, {chars / 1e6:.1f} M characters of review text")
     with tempfile.TemporaryDirectory() as folder:
         print("SQLite (file, WAL):")
         _time(f"sqlite:///{Path(folder) / 'bench.db'}", preds)
-    if len(sys.argv) > 1:
+    if urls:
         schema = f"bench_{uuid.uuid4().hex[:8]}"
-        plain = make_url(sys.argv[1]).set(drivername="postgresql").render_as_string(False)
+        plain = make_url(urls[0]).set(drivername="postgresql").render_as_string(False)
         with psycopg.connect(plain, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
         try:
             print("PostgreSQL:")
-            _time(f"{sys.argv[1]}?options=-csearch_path%3D{schema}", preds)
+            _time(f"{urls[0]}?options=-csearch_path%3D{schema}", preds)
         finally:
             with psycopg.connect(plain, autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

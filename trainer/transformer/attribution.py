@@ -1,15 +1,11 @@
 """Word attributions for a transformer's sentiment prediction (Captum integrated gradients)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from trainer.errors import ModelError
 from trainer.explanation import Contribution
-
-if TYPE_CHECKING:
-    from trainer.transformer import Classifier
+from trainer.transformer.model import Classifier, token_limit
 
 # 16 steps: about 4-5 s of CPU time for a 256-token MiniLM review (~2 s on 2 idle cores); on
 # MiniLM the word weights correlate > 0.99 with those of 50 steps and keep the same top 10.
@@ -39,10 +35,8 @@ def explain(clf: Classifier, text: str, *, max_length: int, top_k: int = 10,
     if not clf.tokenizer.is_fast:
         raise ModelError(f"cannot explain predictions of {clf.name}: its tokenizer gives no "
                          f"character offsets; use a model with a fast (tokenizer.json) tokenizer")
-    from trainer.transformer import _max_length
-
     with clf.lock:
-        enc = clf.tokenizer(text, truncation=True, max_length=_max_length(clf, max_length),
+        enc = clf.tokenizer(text, truncation=True, max_length=token_limit(clf, max_length),
                             return_offsets_mapping=True, return_tensors="pt")
         offsets = enc.pop("offset_mapping")[0].tolist()
         word_ids = enc.word_ids(0)

@@ -1,4 +1,4 @@
-"""Hugging Face sequence classifiers: load safely, predict, save; trainer.finetune trains them."""
+"""Hugging Face sequence classifiers: load safely, predict, save; trainer.transformer.finetune trains them."""
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +22,6 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from trainer.errors import ModelError
-from trainer.explain import explain  # noqa: F401  (re-exported for callers)
 
 # Our own bars show prediction and training progress; the per-load weight/shard bars are noise.
 hf_logging.disable_progress_bar()
@@ -246,7 +245,8 @@ def _first_line(error: BaseException) -> str:
     return lines[0].rstrip(".") if lines else type(error).__name__
 
 
-def _max_length(clf: Classifier, max_length: int) -> int:
+def token_limit(clf: Classifier, max_length: int) -> int:
+    """max_length, capped by what the model's positions and its tokenizer allow."""
     limits = [max_length, getattr(clf.model.config, "max_position_embeddings", max_length)]
     if 0 < clf.tokenizer.model_max_length < 1_000_000:
         limits.append(clf.tokenizer.model_max_length)
@@ -268,7 +268,7 @@ def predict_proba(clf: Classifier, texts: Sequence[str], *, max_length: int, bat
         float64 array of probabilities in the order of ``texts``.
     """
     with clf.lock:
-        return _probabilities(clf, texts, _max_length(clf, max_length), batch_size, progress)
+        return _probabilities(clf, texts, token_limit(clf, max_length), batch_size, progress)
 
 
 def _probabilities(clf: Classifier, texts: Sequence[str], max_length: int, batch_size: int,
@@ -292,6 +292,11 @@ def _probabilities(clf: Classifier, texts: Sequence[str], max_length: int, batch
     finally:
         clf.model.train(training)
     return probs
+
+
+def uses_sdpa(model: Any) -> bool:
+    """Whether the model runs PyTorch's scaled-dot-product attention (it then takes 4-D masks)."""
+    return getattr(model.config, "_attn_implementation", None) == "sdpa"
 
 
 def save_classifier(clf: Classifier, directory: str | Path) -> Path:

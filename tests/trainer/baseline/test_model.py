@@ -12,11 +12,12 @@ from scipy.special import logit
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from trainer import baseline, baseline_io
-from trainer.baseline import BaselineModel, train_baseline
-from trainer.baseline_io import load_baseline, save_baseline
+from trainer.baseline import io as baseline_io
+from trainer.baseline import model as baseline
+from trainer.baseline.model import BaselineModel, train_baseline
+from trainer.baseline.io import load_baseline, save_baseline
 from trainer.errors import DataError, ModelError
-from trainer.text import clean
+from trainer.baseline.cleaning import clean
 
 POSITIVE = ["great", "wonderful", "superb", "loved", "brilliant", "moving"]
 NEGATIVE = ["awful", "boring", "terrible", "hated", "dull", "clumsy"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import loop
+from trainer.transformer import loop
 
 PARAMS = {"learning_rate": 5e-3, "warmup_ratio": 0.1, "num_train_epochs": 2,
           "per_device_train_batch_size": 4, "weight_decay": 0.01}
@@ -36,7 +36,7 @@ def one_thread():
 
 @pytest.fixture
 def clf(tiny_model_dir: str):
-    from trainer.transformer import load_classifier
+    from trainer.transformer.model import load_classifier
 
     return load_classifier(tiny_model_dir, device="cpu")
 
@@ -64,7 +64,7 @@ def test_encode_pads_to_a_multiple_of_64_and_keeps_true_lengths(clf) -> None:
 
 
 def test_predict_fast_matches_the_plain_padded_forward(clf) -> None:
-    from trainer.transformer import predict_proba
+    from trainer.transformer.model import predict_proba
 
     texts, _ = _task(40, seed=3)
     plain = predict_proba(clf, texts, max_length=64, batch_size=7)
@@ -114,7 +114,7 @@ def test_an_error_raised_in_on_epoch_propagates_unchanged(clf) -> None:
 
 
 def test_a_nan_loss_raises_training_diverged(clf) -> None:
-    from trainer.transformer import TrainingDiverged
+    from trainer.transformer.model import TrainingDiverged
 
     with torch.no_grad():
         clf.model.classifier.weight.fill_(float("nan"))

@@ -1,5 +1,5 @@
 """Tests for trainer.transformer (loading, label mapping, prediction, explanations) and
-trainer.finetune (fine-tuning).
+trainer.transformer.finetune (fine-tuning).
 """
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 import torch
 import transformers
 
-from trainer import finetune, transformer
+from trainer.transformer import finetune
+from trainer.transformer.attribution import explain
+from trainer.transformer import model as transformer
 from trainer.errors import ConfigError, ModelError
 from trainer.explanation import Contribution
 
@@ -344,7 +346,7 @@ def test_saved_classifier_loads_back_with_the_same_predictions(tuned: dict, tmp_
 
 @pytest.mark.parametrize("text", [REVIEWS[4], REVIEWS[8], "  Unbelievably   dull...  but OK "])
 def test_explain_spans_slice_the_original_text(clf: transformer.Classifier, text: str) -> None:
-    contributions = transformer.explain(clf, text, max_length=64, top_k=5)
+    contributions = explain(clf, text, max_length=64, top_k=5)
     assert 0 < len(contributions) <= 5
     for c in contributions:
         assert isinstance(c, Contribution)
@@ -356,13 +358,13 @@ def test_explain_spans_slice_the_original_text(clf: transformer.Classifier, text
 def test_explain_joins_word_pieces_into_whole_words(clf: transformer.Classifier) -> None:
     text = "Unbelievably cinématographique"
     assert len(clf.tokenizer.tokenize(text)) > 2  # the words really are split into pieces
-    tokens = {c.token for c in transformer.explain(clf, text, max_length=32, top_k=10)}
+    tokens = {c.token for c in explain(clf, text, max_length=32, top_k=10)}
     assert tokens == {"Unbelievably", "cinématographique"}
 
 
 def test_explain_weights_add_up_to_the_log_odds_change(clf: transformer.Classifier) -> None:
     text = REVIEWS[8]
-    contributions = transformer.explain(clf, text, max_length=64, top_k=100, n_steps=64)
+    contributions = explain(clf, text, max_length=64, top_k=100, n_steps=64)
     ids = clf.tokenizer(text, return_tensors="pt")["input_ids"]
     baseline = ids.clone()
     baseline[0, 1:-1] = clf.tokenizer.pad_token_id

@@ -1,5 +1,5 @@
 """Fast CPU scoring: bf16 or int8, traced graphs, batches padded to their longest, fused encoder
-layers (trainer.fused_layers)."""
+layers (trainer.transformer.fused_layers)."""
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.fused_layers import Graph, check_logits, fuse_layers, pack_weights, padding_mask
-from trainer.loop import _is_sdpa
-from trainer.transformer import _max_length
+from trainer.transformer.fused_layers import Graph, check_logits, fuse_layers, pack_weights, padding_mask
+from trainer.transformer.model import token_limit, uses_sdpa
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ METHODS = ("auto", "int8", "bf16", "fp32")
 # - AMD EPYC (no native bf16), session 1: fp32 57 ms, int8 16 ms, bf16 23 ms.
 # - Xeon with AMX (avx512_bf16, amx_bf16), against eager fp32 in the same runs: bf16 9.3 ms
 #   against 28.8 (3.1x; 3.06x and 3.10x in two runs before the pooler and head were packed
-#   too), int8 12.0 against 28.5 (2.4x). The fused layers (trainer.fused_layers) made bf16
+#   too), int8 12.0 against 28.5 (2.4x). The fused layers (trainer.transformer.fused_layers) made bf16
 #   1.29x faster than the layers as transformers runs them, with the last cut to the first
 #   token (10.75 against 13.85 ms; int8 gains 1.01x). Figures for one part against another,
 #   here and in trainer/fused_layers.py, come from ad-hoc scripts that score the same reviews
@@ -100,7 +99,7 @@ class FastClassifier:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.positive_index, self.max_length = positive_index, max_length
         self.method, self.name = method, name
-        self.sdpa = _is_sdpa(model)
+        self.sdpa = uses_sdpa(model)
         self.lock = threading.Lock()
         self.graphs = _trace(model, tokenizer, self.sdpa)
 
@@ -130,7 +129,7 @@ class FastClassifier:
         else:
             model = model.to(torch.bfloat16 if chosen == "bf16" else torch.float32)
             pack_weights(model)
-        limit = _max_length(clf, max_length)
+        limit = token_limit(clf, max_length)
         return cls(model, clf.tokenizer, positive_index=clf.positive_index, max_length=limit,
                    method=chosen, name=getattr(clf, "name", ""))
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from trainer.text import _BREAK  # to map cleaned offsets back to the original
+from trainer.baseline.cleaning import BREAK  # to map cleaned offsets back to the original
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def original_offsets(text: str, cleaned_length: int) -> np.ndarray:
     """
     offsets: list[int] = []
     start = 0
-    for match in itertools.chain(_BREAK.finditer(text), [None]):
+    for match in itertools.chain(BREAK.finditer(text), [None]):
         end = match.start() if match else len(text)
         if text[start:end].isascii():
             offsets.extend(range(start, end))
@@ -97,5 +97,5 @@ def original_offsets(text: str, cleaned_length: int) -> np.ndarray:
             offsets.append(match.start())
             start = match.end()
     if len(offsets) != cleaned_length:
-        raise RuntimeError("trainer.text.clean changed in a way original_offsets must follow")
+        raise RuntimeError("trainer.baseline.cleaning.clean changed in a way original_offsets must follow")
     return np.array(offsets, dtype=np.int64)
