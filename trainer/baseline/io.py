@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.baseline.model import TOKEN_PATTERN, BaselineModel
+from trainer.baseline.model import BaselineModel
+from trainer.baseline.vectoriser import TOKEN_PATTERN
 from trainer.errors import ModelError
 
 FORMAT = "sentiment-tfidf-baseline/1"

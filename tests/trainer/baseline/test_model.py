@@ -13,11 +13,11 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from trainer.baseline import io as baseline_io
-from trainer.baseline import model as baseline
-from trainer.baseline.model import BaselineModel, train_baseline
-from trainer.baseline.io import load_baseline, save_baseline
-from trainer.errors import DataError, ModelError
+from trainer.baseline import selection
 from trainer.baseline.cleaning import clean
+from trainer.baseline.io import load_baseline, save_baseline
+from trainer.baseline.model import BaselineModel, train_baseline
+from trainer.errors import DataError, ModelError
 
 POSITIVE = ["great", "wonderful", "superb", "loved", "brilliant", "moving"]
 NEGATIVE = ["awful", "boring", "terrible", "hated", "dull", "clumsy"]
@@ -80,8 +80,8 @@ def test_baseline_learns_synthetic_sentiment(model: BaselineModel) -> None:
     accuracy = np.mean((model.predict_proba(texts) >= 0.5) == labels)
     assert accuracy >= 0.8
     assert model.params["ngram_range"] in ([1, 1], [1, 2])
-    assert model.params["C"] in baseline.C_GRID
-    assert len(model.params["selection"]) == len(baseline.FAMILIES) * len(baseline.C_GRID)
+    assert model.params["C"] in selection.C_GRID
+    assert len(model.params["selection"]) == len(selection.FAMILIES) * len(selection.C_GRID)
     assert model.coef.shape == model.idf.shape == (len(model.vocabulary),)
 
 
@@ -99,11 +99,10 @@ def test_training_text_is_cleaned(model: BaselineModel) -> None:
 
 @pytest.mark.parametrize("family", [((1, 1), True, 2), ((1, 2), True, 2), ((1, 2), False, 3)])
 def test_transform_matches_fitted_sklearn_vectorizer(
-    corpus: tuple[list[str], np.ndarray], family: tuple, monkeypatch: pytest.MonkeyPatch
+    corpus: tuple[list[str], np.ndarray], family: tuple
 ) -> None:
-    monkeypatch.setattr(baseline, "FAMILIES", (family,))
     texts, labels = corpus
-    model = train_baseline(texts, labels)
+    model = train_baseline(texts, labels, families=(family,))
     assert model.params["ngram_range"] == list(family[0])
     others, _ = _corpus(300, seed=3)
     _assert_matches_sklearn(model, texts, others + TRICKY)
@@ -113,13 +112,13 @@ def test_selection_equals_sklearn_pipeline_fitted_on_the_carve_only(
     corpus: tuple[list[str], np.ndarray], model: BaselineModel
 ) -> None:
     texts, labels = corpus
-    fit_rows, val_rows = baseline._carve(labels, seed=0)
+    fit_rows, val_rows = selection.carve_validation(labels, seed=0)
     fit_texts = [texts[i] for i in fit_rows]
     val_texts = [texts[i] for i in val_rows]
     for row in model.params["selection"]:
         vectorizer = _sklearn_vectorizer({**model.params, **row}, fit_texts)
         classifier = LogisticRegression(C=row["C"], solver="liblinear", dual=True,
-                                        tol=baseline.TOLERANCE, random_state=0, max_iter=1000)
+                                        tol=selection.TOLERANCE, random_state=0, max_iter=1000)
         classifier.fit(vectorizer.transform(fit_texts), labels[fit_rows])
         predicted = classifier.predict(vectorizer.transform(val_texts))
         assert row["accuracy"] == pytest.approx(np.mean(predicted == labels[val_rows]))
@@ -127,12 +126,12 @@ def test_selection_equals_sklearn_pipeline_fitted_on_the_carve_only(
 
 def test_validation_carve_is_stratified_disjoint_and_seeded() -> None:
     labels = np.array([0] * 60 + [1] * 40)
-    fit_rows, val_rows = baseline._carve(labels, seed=0)
+    fit_rows, val_rows = selection.carve_validation(labels, seed=0)
     assert not set(fit_rows) & set(val_rows)
     assert len(fit_rows) + len(val_rows) == 100
     assert labels[val_rows].sum() == 8 and len(val_rows) == 20
-    np.testing.assert_array_equal(val_rows, baseline._carve(labels, seed=0)[1])
-    assert not np.array_equal(val_rows, baseline._carve(labels, seed=1)[1])
+    np.testing.assert_array_equal(val_rows, selection.carve_validation(labels, seed=0)[1])
+    assert not np.array_equal(val_rows, selection.carve_validation(labels, seed=1)[1])
 
 
 def test_training_is_deterministic_for_a_seed(
@@ -216,9 +215,7 @@ def test_load_rejects_corrupt_or_foreign_json(saved: Path, content: str) -> None
 
 @pytest.fixture(scope="module")
 def bigram_model(corpus: tuple[list[str], np.ndarray]) -> BaselineModel:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(baseline, "FAMILIES", (((1, 2), True, 2),))
-        return train_baseline(*corpus)
+    return train_baseline(*corpus, families=(((1, 2), True, 2),))
 
 
 @pytest.mark.parametrize("which", ["model", "bigram_model"])
