@@ -81,7 +81,3 @@ def _file_or_postgres(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite-file":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return request.getfixturevalue("pg_schema_url")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: heavy test (real models or data); still runs in CI")
