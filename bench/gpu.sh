@@ -58,8 +58,8 @@ else
 fi
 # 2. Ours, as many epochs as the peer (accuracy after the same number of epochs); 3. ours,
 # 1 epoch; 4. ours, 1 epoch, half the token budget per step (twice the steps: accuracy against
-# throughput, for trainer/loop.py's CUDA_MIN_TOKENS); 5. ours, 1 epoch, torch.compile
-# (trainer/loop.py's COMPILE_ON_CUDA follows 5 vs 3).
+# throughput, for trainer/transformer/loop.py's CUDA_MIN_TOKENS); 5. ours, 1 epoch, torch.compile
+# (trainer/transformer/loop.py's COMPILE_ON_CUDA follows 5 vs 3).
 step ours-${PEER_EPOCHS}ep "$T_OURS3" "${OURS[@]}" --epochs "$PEER_EPOCHS" --compile off \
   --tag "${PEER_EPOCHS}ep"
 step ours-1ep "$T_OURS" "${OURS[@]}" --epochs 1 --compile off --tag 1ep

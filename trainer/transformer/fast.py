@@ -14,38 +14,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.transformer.fused_layers import Graph, check_logits, fuse_layers, pack_weights, padding_mask
+from trainer.transformer.fused_layers import (
+    Graph,
+    check_logits,
+    fuse_layers,
+    pack_weights,
+    padding_mask,
+)
 from trainer.transformer.model import token_limit, uses_sdpa
 
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "int8", "bf16", "fp32")
-# Single 230-token review, traced graphs, p50 on 2 cores (bench/results/infer-*.jsonl):
-# - AMD EPYC (no native bf16), session 1: fp32 57 ms, int8 16 ms, bf16 23 ms.
-# - Xeon with AMX (avx512_bf16, amx_bf16), against eager fp32 in the same runs: bf16 9.3 ms
-#   against 28.8 (3.1x; 3.06x and 3.10x in two runs before the pooler and head were packed
-#   too), int8 12.0 against 28.5 (2.4x). The fused layers (trainer.transformer.fused_layers) made bf16
-#   1.29x faster than the layers as transformers runs them, with the last cut to the first
-#   token (10.75 against 13.85 ms; int8 gains 1.01x). Figures for one part against another,
-#   here and in trainer/fused_layers.py, come from ad-hoc scripts that score the same reviews
-#   with both builds in turn, as bench/infer.py does against eager fp32.
-# int8 is dynamic quantisation of every nn.Linear with per-channel weight scales and, on CPUs
-# with VNNI, full 8-bit activations (PyTorch's default keeps 7 bits, for CPUs without VNNI).
-# Against fp32 on 2,000 test reviews int8 costs 0.2-0.4 accuracy points, bf16 0.1-0.15; on the
-# Xeon bf16 also scores batches 2x faster than int8. So: bf16 where the CPU has it natively.
-# Tried on the Xeon and left out:
-# - freezing the traces: no faster once the layers are fused, and it cannot hold packed
-#   weights; torch.jit.optimize_for_inference on frozen traces: no change (14.7 against 15.2).
-# - the oneDNN graph fuser (torch.jit.enable_onednn_fusion) on transformers' layers: 11.6 ms
-#   against 13.5 without it, where the fused layers took 10.5.
-# - keys and values padded to a multiple of 16 tokens, where the flash kernel runs faster
-#   (0.35 against 0.44 ms per layer at 232 tokens): no gain left after padding and masking.
-# - ONNX Runtime exported, BERT-fused, int8 (25 ms).
-# - torch.compile with freezing and max-autotune (AMX micro-kernel GEMMs), before the fused
-#   layers: 1.17-1.35x faster than the traced graph, interleaved, for a one-time 45-60 s
-#   compile (cold cache); no command of ours scores single reviews long enough to earn that
-#   back. Its options must be set with torch._inductor.config.patch around the first call:
-#   torch.compile(options=...) left the graph no faster than the trace.
+# bf16 where the CPU computes it natively, else int8: 3.1x and 2.4x eager fp32 for one review
+# on 2 Xeon cores, 0.1-0.4 accuracy points lost; figures and what was tried in
+# bench/results/README.md.
 NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
 VNNI = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
@@ -210,9 +193,7 @@ def _trace(model: torch.nn.Module, tokenizer: Any, sdpa: bool) -> tuple[Graph, G
     """TorchScript graphs without and with a padding mask; None if they disagree.
 
     Sequence length and batch size stay dynamic in the traces (checked on other shapes than
-    the examples); a model that cannot be traced is scored eagerly instead. DeBERTa-v3-base
-    size (eager attention, random weights), bf16, one 230-token review: 92 ms traced against
-    116 eager.
+    the examples); a model that cannot be traced is scored eagerly instead.
 """
     token = min(1000, len(tokenizer) - 1)
     wrapped = _Logits(model).eval()

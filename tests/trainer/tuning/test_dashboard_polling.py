@@ -148,7 +148,7 @@ def test_evaluation_page_shows_a_trial_whose_row_was_just_replaced(
             builders.save_stage(store, "trial", reviews, 1.0, seed=trial, model="tiny",
                                 study="live", trial=trial, split="validation", n_bootstrap=0)
     monkeypatch.setenv("SENTIMENT_DB", url)
-    app = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+    app = Path(__file__).resolve().parents[3] / "dashboard" / "app.py"
     at = AppTest.from_file(str(app), default_timeout=120)
     at.run()
     at.switch_page("app_pages/evaluation.py").run()

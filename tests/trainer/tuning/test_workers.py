@@ -26,7 +26,7 @@ from trainer.tuning.trials import EPOCH_METRICS, FAIL_REASON
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 WAIT_S = 240  # generous limits for a loaded 2-core machine; no assertion is about time
 
 WORKER = r'''
