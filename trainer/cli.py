@@ -1,56 +1,71 @@
-"""Command line: one add_arguments + run per subcommand; each builds a Config and calls the library."""
+"""Command line: add_arguments + run per subcommand; each builds a Config and calls the library."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
+import contextlib
 import json
 import logging
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from storage import StorageError
-from trainer.config import Config, build_config
-from trainer.errors import DataError, TrainerError
+from trainer.config import Config, build_config, default_note, flag, options_of, refusal
+from trainer.errors import ConfigError, DataError, TrainerError
+from trainer.predict import REF_HELP
 
 
-def _common(p: argparse.ArgumentParser, *, sizes: bool = True) -> None:
-    """Options shared by the data/model commands; defaults are None so 'unset' is visible."""
-    g = p.add_argument_group("where (each also has an environment variable)")
-    g.add_argument(
-        "--db", help="database URL [SENTIMENT_DB] (default sqlite:///runs/sentiment.db)"
-    )
-    g.add_argument(
-        "--data",
-        help="hub id, or a folder of train/test parquet|csv|jsonl, or aclImdb "
-        "[IMDB_DATA] (default stanfordnlp/imdb)",
-    )
-    g.add_argument(
-        "--model", help="hub id, local model folder, or minilm-offline [SENTIMENT_MODEL]"
-    )
-    g.add_argument("--study", help="Optuna study name [SENTIMENT_STUDY] (default imdb-finetune)")
-    g.add_argument("--artifacts", help="folder for saved models [SENTIMENT_ARTIFACTS]")
-    g.add_argument("--config", help="TOML or JSON file with any of these options and search_space")
-    if sizes:
-        s = p.add_argument_group("sizes (default: full data on a GPU, small subsets on a CPU)")
-        for flag in (
-            "trials",
-            "train-size",
-            "eval-size",
-            "test-size",
-            "max-length",
-            "seed",
-            "batch-size",
-            "heartbeat",
-        ):
-            s.add_argument(f"--{flag}", type=int)
+class RefusedFlag(argparse.Action):
+    """A flag the command does not use: giving it raises ConfigError with `message`."""
+
+    def __init__(self, option_strings: list[str], dest: str, message: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS, **kwargs)
+        self.message = message
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        raise ConfigError(self.message)
+
+
+def add_config_options(
+    p: argparse.ArgumentParser, command: str, config_class: type = Config
+) -> None:
+    """Add the Config options `command` uses, generated from the fields' metadata; refuse the rest.
+
+    A flag the command declares itself (predict's --max-length and --model) is kept as it is.
+
+    Args:
+        p: the command's parser, its own arguments added already.
+        command: the command's name.
+        config_class: the dataclass whose fields declare the options (Config).
+    """
+    options = options_of(config_class)
+    g = p.add_argument_group("configuration", "Each option also reads the environment "
+                             "variable in brackets; the command line wins over the environment, "
+                             "which wins over the --config file.")
+    for name, opt in options.items():
+        if not opt.flag:
+            continue
+        if command in opt.commands:
+            env = f" [{opt.env}]" if opt.env else ""
+            g.add_argument(flag(name), type=opt.kind, metavar=opt.metavar,
+                           help=f"{opt.help}{env} ({default_note(name, config_class)})")
+        else:
+            # argparse raises on a flag declared twice: the command's own declaration wins.
+            with contextlib.suppress(argparse.ArgumentError):
+                p.add_argument(flag(name), action=RefusedFlag,
+                               message=refusal(command, name, options))
+    g.add_argument("--config", metavar="FILE",
+                   help="TOML or JSON file with any of the options (search_space too); keys "
+                        "this command does not use are ignored")
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return build_config(vars(args))
+    return build_config(vars(args), command=args.command)
 
 
 def _store(config: Config):
@@ -109,27 +124,34 @@ def _tune_runner(join: bool) -> Callable[[argparse.Namespace], int]:
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="*", metavar="TEXT", help="reviews to classify")
-    p.add_argument("--file", help="CSV with a 'text' column (or a single column)")
+    p.add_argument("--file", help="CSV with a 'text' or 'review' column (or a single column)")
     p.add_argument(
         "--model-ref",
         default="baseline",
-        help="baseline | pretrained | final | trial:N | run:ID (default baseline)",
+        metavar="REF",
+        help=f"which stored model: {REF_HELP} (default baseline)",
     )
-    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-length", type=int, default=256, metavar="N",
+                   help="tokens kept per review by a transformer model (default 256)")
     p.add_argument("--fast", action="store_true",
                    help="on a CPU, score with bf16 or int8: several times faster for many "
                         "reviews; probabilities may differ from fp32 in the second decimal")
-    _common(p, sizes=False)
+    p.add_argument("--model", action=RefusedFlag,
+                   message="predict classifies with a stored model; choose it with --model-ref "
+                           f"({REF_HELP}), not --model")
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from trainer.predict import label_of, load_predictor, validate_review
+    from trainer.predict import label_of, load_predictor, read_reviews_csv, validate_review
 
     config = _config(args)
-    if args.model:
-        raise TrainerError("predict classifies with a stored model; choose it with --model-ref "
-                           "(baseline, pretrained, final, trial:N or run:ID), not --model")
-    texts = list(args.texts) + (read_reviews_csv(args.file) if args.file else [])
+    texts = list(args.texts)
+    if args.file:
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as e:
+            raise DataError(f"cannot read {args.file}: {e.strerror}; check the path") from e
+        texts += read_reviews_csv(data, args.file).reviews
     if not texts:
         raise TrainerError("no review given; pass TEXT arguments or --file reviews.csv")
     texts = [validate_review(t) for t in texts]
@@ -152,44 +174,9 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_reviews_csv(path: str) -> list[str]:
-    """Reviews from a CSV: the 'text' column, or the only column. BOM and CRLF are fine.
-
-    Raises:
-        DataError: missing file, invalid UTF-8, no usable column.
-    """
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}; check the path") from e
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(
-            f"{path} is not valid UTF-8 (line {line}); save it as UTF-8 and retry"
-        ) from e
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error as e:  # e.g. a field over csv's 131,072-character limit
-        raise DataError(f"{path} is not a readable CSV ({e}); expected one review per row, "
-                        "quoted when it holds commas or line breaks; fix it and retry") from e
-    if not rows:
-        raise DataError(f"{path} is empty; expected a header row with a 'text' column")
-    header = [h.strip().lower() for h in rows[0]]
-    if "text" in header:
-        col = header.index("text")
-    elif len(header) == 1:
-        col = 0
-    else:
-        raise DataError(f"expected a 'text' column in {path}, found {rows[0]}")
-    return [r[col] for r in rows[1:] if len(r) > col]
-
-
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print report JSON")
     p.add_argument("--with-trials", action="store_true", help="include every trial's run")
-    _common(p, sizes=False)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -200,36 +187,40 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# name -> (help, add_arguments, run)
+def add_stage_arguments(p: argparse.ArgumentParser) -> None:
+    """The stage commands take only the Config options, which every command gets."""
+
+
+# name -> (help, add_arguments, run); build_parser adds each command's Config options.
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "run": (
         "the main job: baseline → pretrained → tune → final (resumable)",
-        _common,
+        add_stage_arguments,
         run_main_job,
     ),
     "baseline": (
         "stage 1: TF-IDF + logistic regression on the whole train split",
-        _common,
+        add_stage_arguments,
         _stage_runner("baseline", False),
     ),
     "pretrained": (
         "stage 2: score the pretrained model, before fine-tuning, on the test split",
-        _common,
+        add_stage_arguments,
         _stage_runner("pretrained", True),
     ),
     "tune": (
         "stage 3: create or resume the Optuna study and run --trials more trials",
-        _common,
+        add_stage_arguments,
         _tune_runner(False),
     ),
     "worker": (
         "join an existing study (same --db) from another process or machine",
-        _common,
+        add_stage_arguments,
         _tune_runner(True),
     ),
     "final": (
         "stage 4: score the study's best model once on the test split",
-        _common,
+        add_stage_arguments,
         _stage_runner("final", True),
     ),
     "predict": (
@@ -256,14 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add(p)
+        add_config_options(p, name)
         # Also accepted after the command; SUPPRESS keeps the top-level value when absent.
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
-        p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks")
+        p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except ConfigError as e:  # a flag the command does not use (RefusedFlag)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("trainer").setLevel(logging.INFO)
     try:

@@ -1,11 +1,11 @@
-"""Run configuration: dataclass defaults, overridden by a config file, the environment and the CLI."""
+"""Run configuration: each option declared once on Config, overridden by file, environment, CLI."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +14,58 @@ from trainer.errors import ConfigError
 DEFAULT_MODEL = "JamesH/Movie_review_sentiment_analysis_model"
 DEFAULT_DATA = "stanfordnlp/imdb"
 
-# Environment variables for every option (architecture.md: "every option also has an env var").
-ENV = {
-    "db": "SENTIMENT_DB",
-    "data": "IMDB_DATA",
-    "model": "SENTIMENT_MODEL",
-    "study": "SENTIMENT_STUDY",
-    "trials": "SENTIMENT_TRIALS",
-    "train_size": "SENTIMENT_TRAIN_SIZE",
-    "eval_size": "SENTIMENT_EVAL_SIZE",
-    "test_size": "SENTIMENT_TEST_SIZE",
-    "max_length": "SENTIMENT_MAX_LENGTH",
-    "seed": "SENTIMENT_SEED",
-    "artifacts": "SENTIMENT_ARTIFACTS",
-    "heartbeat": "SENTIMENT_HEARTBEAT",
-    "batch_size": "SENTIMENT_BATCH_SIZE",
-}
+COMMAND_NAMES = ("run", "baseline", "pretrained", "tune", "worker", "final", "predict", "report")
+
+# Which command reads which option, from what each one calls (stages.py, tuning/study.py,
+# report.py, predict.py); `run` chains the four stages, so it reads them all.
+TUNING = frozenset({"run", "tune", "worker"})
+SCORING = frozenset({"run", "pretrained", "final"})  # score the test subset with a transformer
+TRANSFORMER_STAGES = TUNING | SCORING
+STAGES = TRANSFORMER_STAGES | {"baseline"}
+EVERY = frozenset(COMMAND_NAMES)
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one Config field is set from outside, and which commands read it.
+
+    env: its environment variable (None: config file and command line only).
+    help: what it sets, for `--help`; the default is added from the field.
+    commands: the commands that use it; the others refuse its flag and ignore its variable.
+    kind: str or int, what the flag and the variable are converted to.
+    metavar: the value's name in `--help`.
+    flag: False for an option set only in the config file (search_space).
+    """
+
+    env: str | None
+    help: str
+    commands: frozenset[str]
+    kind: type = str
+    metavar: str = "N"
+    flag: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(self.commands - EVERY)
+        if unknown:
+            raise ValueError(f"Option commands must be among {list(COMMAND_NAMES)}, got {unknown}")
+
+
+OPTION = "option"  # the key of a Config field's metadata that holds its Option
+
+
+def option(default: Any = MISSING, *, default_factory: Any = MISSING, **spec: Any) -> Any:
+    """A Config field with its Option (the keyword arguments) in its metadata.
+
+    Args:
+        default: the field's default value.
+        default_factory: for a mutable default, as dataclasses.field.
+        spec: Option's fields (env, help, commands, kind, metavar, flag).
+
+    Returns:
+        A dataclasses.field.
+    """
+    return field(default=default, default_factory=default_factory,
+                 metadata={OPTION: Option(**spec)})
 
 
 @dataclass(frozen=True)
@@ -40,20 +76,46 @@ class Config:
     {"choices": […]}, replacing that parameter's default range in the Optuna study.
     """
 
-    db: str = "sqlite:///runs/sentiment.db"
-    data: str = DEFAULT_DATA
-    model: str = DEFAULT_MODEL
-    study: str = "imdb-finetune"
-    trials: int | None = None
-    train_size: int | None = None
-    eval_size: int | None = None
-    test_size: int | None = None
-    max_length: int | None = None
-    seed: int = 42
-    artifacts: str = "runs/artifacts"
-    heartbeat: int = 60
-    batch_size: int | None = None
-    search_space: dict[str, Any] = field(default_factory=dict)
+    db: str = option("sqlite:///runs/sentiment.db", env="SENTIMENT_DB", metavar="URL",
+                     help="database URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB",
+                     commands=EVERY)
+    data: str = option(DEFAULT_DATA, env="IMDB_DATA", metavar="SRC", commands=STAGES,
+                       help="hub id, or a folder of train/test parquet, csv or jsonl files, "
+                            "or an aclImdb folder")
+    model: str = option(DEFAULT_MODEL, env="SENTIMENT_MODEL", metavar="ID_OR_DIR",
+                        help="hub id, local model folder, or minilm-offline",
+                        commands=TRANSFORMER_STAGES)
+    study: str = option("imdb-finetune", env="SENTIMENT_STUDY", metavar="NAME",
+                        help="Optuna study name", commands=TUNING | {"final", "predict"})
+    trials: int | None = option(None, env="SENTIMENT_TRIALS", kind=int, commands=TUNING,
+                                help="trials to run: tune and worker add this many, "
+                                     "run tops the study up to this many")
+    # final retrains the best trial on the same subsets when its saved model is gone.
+    train_size: int | None = option(None, env="SENTIMENT_TRAIN_SIZE", kind=int,
+                                    commands=TUNING | {"final"},
+                                    help="training reviews per trial (a seeded, label-stratified "
+                                         "subset of the train split)")
+    eval_size: int | None = option(None, env="SENTIMENT_EVAL_SIZE", kind=int,
+                                   commands=TUNING | {"final"},
+                                   help="validation reviews, carved from the train split, that "
+                                        "score each trial")
+    test_size: int | None = option(None, env="SENTIMENT_TEST_SIZE", kind=int, commands=SCORING,
+                                   help="test reviews the pretrained and final models are "
+                                        "scored on (a seeded, label-stratified subset)")
+    max_length: int | None = option(None, env="SENTIMENT_MAX_LENGTH", kind=int,
+                                    commands=TRANSFORMER_STAGES, help="tokens kept per review")
+    seed: int = option(42, env="SENTIMENT_SEED", kind=int, commands=STAGES,
+                       help="seed of the subsets, the training and the sampler")
+    artifacts: str = option("runs/artifacts", env="SENTIMENT_ARTIFACTS", metavar="DIR",
+                            help="folder for saved models", commands=STAGES - {"pretrained"})
+    heartbeat: int = option(60, env="SENTIMENT_HEARTBEAT", kind=int, commands=TUNING,
+                            help="seconds between a running trial's heartbeats, 0 for none; a "
+                                 "trial whose worker stops beating is failed and retried once")
+    batch_size: int | None = option(None, env="SENTIMENT_BATCH_SIZE", kind=int, commands=SCORING,
+                                    help="reviews per batch when scoring the test subset")
+    search_space: dict[str, Any] = option(default_factory=dict, env=None, flag=False,
+                                          commands=TUNING,
+                                          help="hyperparameter ranges (config file only)")
 
     def __post_init__(self) -> None:
         for name in ("trials", "train_size", "eval_size", "test_size", "max_length", "batch_size"):
@@ -61,7 +123,9 @@ class Config:
             if value is not None and (not isinstance(value, int) or value < least):
                 raise ConfigError(f"{name} must be a whole number ≥ {least}, got {value!r}")
         if self.heartbeat < 0:
-            raise ConfigError(f"heartbeat must be 0 (off) or a number of seconds, got {self.heartbeat}")
+            raise ConfigError(
+                f"heartbeat must be 0 (off) or a number of seconds, got {self.heartbeat}"
+            )
         if not self.study.strip():
             raise ConfigError("the study name is empty; pass --study NAME")
         if len(self.study) > 200:
@@ -77,7 +141,7 @@ class Config:
         return asdict(self)
 
     def fingerprint(self, *names: str) -> str:
-        """A short hash of the named fields, so a stage done with the same settings is not redone."""
+        """A short hash of the named fields: a stage done with the same settings is not redone."""
         picked = {n: getattr(self, n) for n in names}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -94,18 +158,94 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def options_of(config_class: type = Config) -> dict[str, Option]:
+    """The Option of every field that declares one, in field order.
+
+    Args:
+        config_class: a dataclass whose fields carry an Option under metadata["option"].
+
+    Returns:
+        field name -> Option.
+    """
+    return {f.name: f.metadata[OPTION] for f in fields(config_class) if OPTION in f.metadata}
+
+
+def env_vars(options: dict[str, Option]) -> dict[str, str]:
+    """field name -> environment variable, for the options that have one."""
+    return {name: o.env for name, o in options.items() if o.env}
+
+
+OPTIONS = options_of(Config)
+# Environment variables for every option (architecture.md: "every option also has an env var").
+ENV = env_vars(OPTIONS)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a Config field: train_size -> --train-size."""
+    return "--" + name.replace("_", "-")
+
+
+def default_note(name: str, config_class: type = Config) -> str:
+    """How an unset option is chosen, for `--help`: its default, or the sizes for each device.
+
+    Args:
+        name: a field of config_class.
+        config_class: the dataclass that declares it.
+
+    Returns:
+        e.g. "default 42", or "default: sized for the device, 8 on a GPU, 3 on a CPU".
+    """
+    if name in DEVICE_DEFAULTS["cpu"]:
+        gpu, cpu = (DEVICE_DEFAULTS[d][name] for d in ("cuda", "cpu"))
+        gpu = "the whole split" if gpu is None else gpu
+        return f"default: sized for the device, {gpu} on a GPU, {cpu} on a CPU"
+    f: Field = {f.name: f for f in fields(config_class)}[name]
+    return "no default" if f.default is MISSING else f"default {f.default}"
+
+
+def used_by(command: str, options: dict[str, Option] = OPTIONS) -> dict[str, Option]:
+    """The options a command reads (the others it refuses on its command line)."""
+    return {name: o for name, o in options.items() if command in o.commands}
+
+
+def refusal(command: str, name: str, options: dict[str, Option] = OPTIONS) -> str:
+    """The one-line error for a flag the command does not use, naming those that do.
+
+    Args:
+        command: the command given.
+        name: the Config field whose flag was given.
+        options: where that field's Option is.
+
+    Returns:
+        e.g. "baseline does not take --trials (used by run, tune, worker); remove it".
+    """
+    users = ", ".join(c for c in COMMAND_NAMES if c in options[name].commands)
+    return f"{command} does not take {flag(name)} (used by {users}); remove it"
+
+
 def _coerce(name: str, raw: str) -> Any:
-    kind = {f.name: f.type for f in fields(Config)}[name]
-    if "int" in str(kind):
+    if OPTIONS[name].kind is int:
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(f"{ENV.get(name, name)} must be a whole number, got {raw!r}") from None
+            raise ConfigError(
+                f"{ENV.get(name, name)} must be a whole number, got {raw!r}"
+            ) from None
     return raw
 
 
 def load_config_file(path: str) -> dict[str, Any]:
-    """Read a TOML or JSON config file into a dict of Config fields."""
+    """Read a TOML or JSON config file into a dict of Config fields.
+
+    Args:
+        path: a .json file, or TOML under any other name.
+
+    Returns:
+        field name -> value, every key a Config field.
+
+    Raises:
+        ConfigError: the file is unreadable, malformed or has a key that is no Config field.
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -114,34 +254,44 @@ def load_config_file(path: str) -> dict[str, Any]:
     try:
         values = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"the config file {path} is not valid {p.suffix[1:] or 'TOML'}: {e}") from e
+        kind = p.suffix[1:] or "TOML"
+        raise ConfigError(f"the config file {path} is not valid {kind}: {e}") from e
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"the config file {path} has unknown keys {unknown}; known: {sorted(known)}")
+        raise ConfigError(
+            f"the config file {path} has unknown keys {unknown}; known: {sorted(known)}"
+        )
     return values
 
 
-def build_config(cli: dict[str, Any], env: dict[str, str] | None = None) -> Config:
+def build_config(cli: dict[str, Any], env: dict[str, str] | None = None,
+                 command: str | None = None) -> Config:
     """Resolve each field: CLI > environment > config file > default.
 
     Args:
         cli: parsed options; None means "not given". The key "config" names a config file.
         env: the environment (os.environ when None).
+        command: apply only the options this command uses: a shared config file or an exported
+            variable for another command's option is ignored, not an error. None: apply all.
+
+    Returns:
+        The resolved Config.
 
     Raises:
         ConfigError: a value is malformed.
     """
     env = os.environ if env is None else env
+    names = set(OPTIONS if command is None else used_by(command))
     values: dict[str, Any] = {}
     if cli.get("config"):
-        values.update(load_config_file(cli["config"]))
+        values.update((k, v) for k, v in load_config_file(cli["config"]).items() if k in names)
     for name, var in ENV.items():
-        if env.get(var):
+        if name in names and env.get(var):
             values[name] = _coerce(name, env[var])
-    for f in fields(Config):
-        if cli.get(f.name) is not None:
-            values[f.name] = cli[f.name]
+    for name in names:
+        if cli.get(name) is not None:
+            values[name] = cli[name]
     try:
         return Config(**values)
     except TypeError as e:

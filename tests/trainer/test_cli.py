@@ -1,4 +1,4 @@
-"""The command line end to end: user errors are one clear line with exit 1, stages resume, JSON out."""
+"""Command line end to end: user errors are one clear line with exit 1, stages resume, JSON out."""
 from __future__ import annotations
 
 import json
@@ -74,7 +74,8 @@ def test_acl_imdb_folder_gives_the_same_baseline_as_parquet(
     acl = tmp_path / "aclImdb"
     for split in ("train", "test"):
         frame = pd.read_parquet(small_imdb / f"{split}.parquet")
-        for text, label, review_id in frame[["text", "label", "review_id"]].itertuples(index=False):
+        for text, label, review_id in frame[["text", "label", "review_id"]].itertuples(
+                index=False):
             _, polarity, number = review_id.split("/")
             path = acl / split / polarity / f"{number}_{7 if label else 2}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)

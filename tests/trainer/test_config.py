@@ -57,6 +57,22 @@ def test_config_file_errors_are_clear(tmp_path: Path) -> None:
         build_config({"config": str(unknown)}, {})
 
 
+def test_a_command_ignores_file_keys_and_variables_of_options_it_does_not_use(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "run.toml"  # one file shared by every command
+    path.write_text('trials = 7\nseed = 3\n[search_space]\nnum_train_epochs = {choices = [1]}\n')
+    env = {"SENTIMENT_TRIALS": "many", "SENTIMENT_HEARTBEAT": "x", "SENTIMENT_SEED": "5"}
+    baseline = build_config({"config": str(path), "max_length": 64}, env, command="baseline")
+    assert baseline.seed == 5  # used: environment over file
+    assert (baseline.trials, baseline.search_space, baseline.heartbeat) == (None, {}, 60)
+    assert baseline.max_length is None
+    tune = build_config({"config": str(path)}, {"SENTIMENT_TRIALS": "9"}, command="tune")
+    assert tune.trials == 9 and tune.search_space == {"num_train_epochs": {"choices": [1]}}
+    with pytest.raises(ConfigError, match="SENTIMENT_TRIALS must be a whole number"):
+        build_config({}, env, command="tune")
+
+
 def test_sizes_follow_the_device_but_never_override_the_user() -> None:
     cpu = Config(train_size=64).sized_for("cpu")
     assert cpu.train_size == 64 and cpu.eval_size is not None and cpu.test_size is not None
