@@ -1,7 +1,6 @@
-"""Pure data preparation for the live page: highlighted explanations, CSV uploads, verdicts."""
+"""Pure data preparation for the live page: highlighted explanations, batch results, verdicts."""
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,9 +12,7 @@ from dashboard.views import escape_markdown
 from trainer.errors import TrainerError
 from trainer.predict import label_of, validate_review
 
-
-class UploadError(ValueError):
-    """An uploaded file cannot be read as reviews; the message says what to do."""
+MAX_UPLOAD_ROWS = 5000  # the most reviews classified from one uploaded CSV
 
 
 def highlight_markdown(text: str, contributions: Sequence[Any]) -> str:
@@ -43,58 +40,13 @@ def highlight_markdown(text: str, contributions: Sequence[Any]) -> str:
 
 
 def contributions_frame(contributions: Sequence[Any]) -> pd.DataFrame:
-    """Explanation items as rows token, weight, towards ("positive"/"negative"), strongest first."""
+    """Explanation items as rows token, weight, towards ("positive"/"negative"), strongest
+    first."""
     frame = pd.DataFrame([{"token": c.token, "weight": float(c.weight),
                            "towards": "positive" if c.weight > 0 else "negative"}
                           for c in contributions], columns=["token", "weight", "towards"])
     return frame.reindex(frame["weight"].abs().sort_values(ascending=False).index) \
         .reset_index(drop=True)
-
-
-def read_reviews_csv(data: bytes, max_rows: int = 5000) -> pd.DataFrame:
-    """Parse an uploaded CSV of reviews (UTF-8, with or without BOM, LF or CRLF line ends).
-
-    Args:
-        data: the file's bytes.
-        max_rows: the most reviews accepted in one file.
-
-    Returns:
-        A DataFrame with a `text` column (other columns kept).
-
-    Raises:
-        UploadError: not UTF-8, not CSV, empty, no review column or too many rows.
-    """
-    try:
-        decoded = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UploadError(f"the file is not UTF-8 text (byte 0x{data[e.start]:02x} at position "
-                          f"{e.start}); save it as \"CSV UTF-8\" and upload it again") from None
-    if not decoded.strip():
-        raise UploadError("the file is empty; upload a CSV with a header row and a column "
-                          "named text")
-    try:
-        frame = pd.read_csv(io.StringIO(decoded), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UploadError(f"the file is not a readable CSV ({first}); check that fields with "
-                          "commas or line breaks are quoted, then upload it again") from None
-    return _review_column(frame, max_rows)
-
-
-def _review_column(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
-    names = {str(c).strip().lower(): c for c in frame.columns}
-    column = names.get("text", names.get("review"))
-    if column is None and len(frame.columns) == 1:
-        column = frame.columns[0]
-    if column is None:
-        raise UploadError(f"expected a column named 'text', found {list(map(str, frame.columns))}"
-                          "; rename the column that holds the reviews to text")
-    if frame.empty:
-        raise UploadError("the file has a header but no reviews; add one review per row")
-    if len(frame) > max_rows:
-        raise UploadError(f"the file has {len(frame):,} reviews; upload at most {max_rows:,} "
-                          "at a time (split the file)")
-    return frame.rename(columns={column: "text"})
 
 
 def batch_frame(texts: Sequence[str], probs: Sequence[float], errors: Sequence[str | None],

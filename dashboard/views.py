@@ -12,25 +12,13 @@ import pandas as pd
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from storage.records import ClassMetrics, Curve, Run
+from storage.records import COMPARED_STAGES, ClassMetrics, Curve, Run, Stage
 
-STAGE_NAMES = {"baseline": "TF-IDF baseline", "pretrained": "pretrained model",
-               "finetuned": "fine-tuned model", "trial": "trial"}
 LOWER_IS_BETTER = ("loss", "brier", "ece")
-COMPARED_STAGES = ("baseline", "pretrained", "finetuned")
 MAX_CURVE_POINTS = 500
 
 
 # ---------------------------------------------------------------- runs and the overview
-
-
-def run_label(run: Run) -> str:
-    """A short readable name for a stored run, e.g. "fine-tuned model, imdb-finetune (run 9)"."""
-    spec = run.spec
-    if spec.stage == "trial":
-        return f"trial {spec.trial} of {spec.study} (run {run.id})"
-    study = f", {spec.study}" if spec.study else ""
-    return f"{STAGE_NAMES.get(spec.stage, spec.stage)}{study} (run {run.id})"
 
 
 def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
@@ -46,7 +34,7 @@ def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
         spec, ev = run.spec, run.evaluation
-        row: dict[str, Any] = {"run": run.id, "name": run_label(run), "stage": spec.stage,
+        row: dict[str, Any] = {"run": run.id, "name": run.label, "stage": spec.stage,
                                "model": spec.model, "data": spec.data_source,
                                "split": spec.split, "n": ev.n, "study": spec.study,
                                "trial": spec.trial, **ev.scalars}
@@ -59,9 +47,9 @@ def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
 
 
 def latest_by_stage(runs: Iterable[Run],
-                    stages: Sequence[str] = COMPARED_STAGES) -> dict[str, Run]:
+                    stages: Sequence[Stage] = COMPARED_STAGES) -> dict[Stage, Run]:
     """The newest run of each stage that has one, in stage order."""
-    newest: dict[str, Run] = {}
+    newest: dict[Stage, Run] = {}
     for run in runs:
         stage = run.spec.stage
         if stage in stages and (stage not in newest or run.id > newest[stage].id):
@@ -82,7 +70,8 @@ def overview_table(frame: pd.DataFrame) -> pd.DataFrame:
         frame: rows of `runs_frame` (one per stage).
 
     Returns:
-        A DataFrame indexed by measure name with one string column per model.
+        A DataFrame indexed by measure name with one string column per model, headed by its
+        name (`Run.label`).
     """
     table: dict[str, dict[str, str]] = {}
     for _, r in frame.iterrows():
@@ -96,7 +85,7 @@ def overview_table(frame: pd.DataFrame) -> pd.DataFrame:
                 col[f"{m} ({cls})"] = f"{r.get(f'{m}_{cls}', math.nan):.3f}"
         col.update({"n": f"{int(r['n']):,}", "split": str(r["split"]),
                     "data source": str(r["data"]), "model": str(r["model"])})
-        table[f"{STAGE_NAMES.get(r['stage'], r['stage'])} (run {r['run']})"] = col
+        table[r["name"]] = col
     return pd.DataFrame(table)
 
 
@@ -107,10 +96,14 @@ def format_p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-COMPARISONS = {
-    ("pretrained", "finetuned"): "fine-tuning",
-    ("baseline", "finetuned"): "the fine-tuned model instead of the TF-IDF baseline",
-    ("baseline", "pretrained"): "the pretrained model instead of the TF-IDF baseline",
+def _instead(after: Stage, before: Stage) -> str:
+    return f"the {after.display} instead of the {before.display}"
+
+
+COMPARISONS = {  # (before, after) -> what changed, as the sentence's subject
+    (Stage.PRETRAINED, Stage.FINETUNED): "fine-tuning",
+    (Stage.BASELINE, Stage.FINETUNED): _instead(Stage.FINETUNED, Stage.BASELINE),
+    (Stage.BASELINE, Stage.PRETRAINED): _instead(Stage.PRETRAINED, Stage.BASELINE),
 }
 
 
@@ -126,11 +119,6 @@ def comparison_sentence(before: str, after: str, acc_before: float, acc_after: f
     caveat = "" if p < 0.05 else " (a difference chance alone could explain)"
     sentence = f"{subject} {verb} {change}, {format_p(p)}, on {n:,} {split} reviews{caveat}."
     return sentence[0].upper() + sentence[1:]
-
-
-def accuracy_at(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
-    """Share of reviews whose thresholded probability matches the label."""
-    return float(np.mean((np.asarray(probs) >= threshold) == np.asarray(labels)))
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
@@ -175,7 +163,7 @@ def curve_frame(curve: Curve, model: str, max_points: int = MAX_CURVE_POINTS) ->
 
 def curves_frame(runs: Sequence[Run], kind: str) -> pd.DataFrame:
     """One kind of stored curve ("roc", "pr", "calibration") of several runs, one model each."""
-    parts = [curve_frame(r.evaluation.curves[kind], run_label(r)) for r in runs
+    parts = [curve_frame(r.evaluation.curves[kind], r.label) for r in runs
              if kind in r.evaluation.curves]
     if not parts:
         return pd.DataFrame(columns=["x", "y", "w", "model"])
@@ -238,7 +226,7 @@ def missing_sqlite_file(url: str) -> str | None:
     return None if Path(database).exists() else database
 
 
-def stage_comparisons(latest: Mapping[str, Run],
+def stage_comparisons(latest: Mapping[Stage, Run],
                       preds: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
     """McNemar's test for each pair of stages scored on the same reviews.
 
@@ -247,11 +235,11 @@ def stage_comparisons(latest: Mapping[str, Run],
         preds: run id -> that run's predictions.
 
     Returns:
-        One row per pair: before, after, n, accuracy_before, accuracy_after, b, c, p_value,
-        sentence (b: reviews only the earlier stage got right; c: only the later one).
+        One row per pair: before, after (stage strings), n, accuracy_before, accuracy_after,
+        b, c, p_value, sentence (b: reviews only the earlier stage got right; c: only the
+        later one).
     """
-    from trainer.metrics import mcnemar
-    from trainer.report import paired_predictions
+    from trainer.report import paired_mcnemar
 
     rows = []
     for before, after in COMPARISONS:
@@ -259,20 +247,17 @@ def stage_comparisons(latest: Mapping[str, Run],
             continue
         run_a, run_b = latest[before], latest[after]
         try:
-            aligned = paired_predictions(preds[run_a.id], preds[run_b.id]).dropna()
+            paired = paired_mcnemar(preds[run_a.id], preds[run_b.id])
         except ValueError:  # scored on different data: nothing to pair
             continue
-        if aligned.empty:
+        if paired is None:
             continue
-        labels = aligned["label"].to_numpy()
-        pa, pb = aligned["prob_a"].to_numpy(), aligned["prob_b"].to_numpy()
-        test = mcnemar(labels, pa, pb)
-        acc_a, acc_b = accuracy_at(labels, pa), accuracy_at(labels, pb)
-        rows.append({"before": before, "after": after, "n": len(aligned),
+        test, acc_a, acc_b = paired.test, paired.accuracy_a, paired.accuracy_b
+        rows.append({"before": before.value, "after": after.value, "n": paired.n,
                      "accuracy_before": acc_a, "accuracy_after": acc_b, "b": test.b,
                      "c": test.c, "p_value": test.p_value,
                      "sentence": comparison_sentence(before, after, acc_a, acc_b,
-                                                     test.p_value, len(aligned),
+                                                     test.p_value, paired.n,
                                                      run_b.spec.split)})
     return pd.DataFrame(rows)
 
@@ -292,7 +277,7 @@ def at_threshold(preds: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, p
 
 
 def step_auc(curve: Curve) -> float:
-    """Area under a precision-recall curve as average precision does it: sum of Δrecall × precision."""
+    """Area under a stored precision-recall curve: the sum of Δrecall × precision."""
     x, y = np.asarray(curve.x, dtype=float), np.asarray(curve.y, dtype=float)
     if x.size < 2:
         return math.nan
@@ -303,15 +288,34 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
+def pr_auc_cell(scalars: Mapping[str, float], curves: Mapping[str, Curve]) -> tuple[float, str]:
+    """The PR AUC shown for a run, and a help text saying where it comes from.
+
+    Args:
+        scalars: the run's stored scalars.
+        curves: the run's stored curves.
+
+    Returns:
+        (the stored average precision, exact; or, for a run stored before evaluate measured it,
+        the area under the stored, downsampled PR curve; help text naming which).
+    """
+    if "average_precision" in scalars:
+        ci = format_ci(scalars.get("average_precision_ci_low"),
+                       scalars.get("average_precision_ci_high"))
+        return scalars["average_precision"], "average precision" + (f", 95% CI {ci}" if ci else "")
+    area = step_auc(curves["pr"]) if "pr" in curves else math.nan
+    return area, "average precision, approximated from the stored curve (an older run)"
+
+
 def metric_cells(run: Run) -> list[tuple[str, str, str | None]]:
     """The evaluation page's headline numbers: (name, value shown, help text)."""
     s, curves = run.evaluation.scalars, run.evaluation.curves
     acc_ci = format_ci(s.get("accuracy_ci_low"), s.get("accuracy_ci_high"))
     auc_ci = format_ci(s.get("roc_auc_ci_low"), s.get("roc_auc_ci_high"))
-    pr_auc = step_auc(curves["pr"]) if "pr" in curves else math.nan
+    pr_auc, pr_help = pr_auc_cell(s, curves)
     return [("accuracy", _fmt(s.get("accuracy")), f"95% CI {acc_ci}" if acc_ci else None),
             ("ROC AUC", _fmt(s.get("roc_auc")), f"95% CI {auc_ci}" if auc_ci else None),
-            ("PR AUC", _fmt(pr_auc), "average precision, from the stored curve"),
+            ("PR AUC", _fmt(pr_auc), pr_help),
             ("log loss", _fmt(s.get("loss")), None),
             ("ECE", _fmt(s.get("ece")), "expected calibration error"),
             ("Brier", _fmt(s.get("brier")), "mean squared error of the probabilities")]

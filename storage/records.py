@@ -3,10 +3,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 CLASS_NAMES = ("negative", "positive")
-STAGES = ("baseline", "pretrained", "trial", "finetuned")
+
+
+class Stage(StrEnum):
+    """Where an evaluated model comes from; each member equals the string stored in the database.
+
+    Members are in the order models are listed: the three stages compared on the test split,
+    then the tuning trials (scored on the validation split).
+
+    Attributes:
+        display: how people read the stage ("TF-IDF baseline").
+        ref: the `--model-ref` word that names its newest model (`trial` takes `:N`).
+        command: the `python -m trainer` command that produces it.
+    """
+
+    display: str
+    ref: str
+    command: str
+
+    def __new__(cls, value: str, display: str, ref: str, command: str) -> Stage:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.display, member.ref, member.command = display, ref, command
+        return member
+
+    BASELINE = "baseline", "TF-IDF baseline", "baseline", "baseline"
+    PRETRAINED = "pretrained", "pretrained model", "pretrained", "pretrained"
+    FINETUNED = "finetuned", "fine-tuned model", "final", "final"
+    TRIAL = "trial", "trial", "trial", "tune"
+
+    @property
+    def order(self) -> int:
+        """The stage's place in listings (baseline 0, pretrained 1, fine-tuned 2, trial 3)."""
+        return list(Stage).index(self)
+
+    @classmethod
+    def of_ref(cls, word: str) -> Stage | None:
+        """The stage a `--model-ref` word names ("final" -> FINETUNED), else None."""
+        return next((s for s in cls if s.ref == word), None)
+
+
+STAGES = tuple(s.value for s in Stage)
+COMPARED_STAGES = (Stage.BASELINE, Stage.PRETRAINED, Stage.FINETUNED)  # side by side, on test
 
 
 @dataclass(frozen=True)
@@ -61,7 +104,7 @@ class Predictions:
 class RunSpec:
     """What is known about an evaluated model before it is stored."""
 
-    stage: str  # one of STAGES
+    stage: str  # a Stage (a plain string when read back)
     model: str  # hub id, local path or a readable name
     split: str  # "train" | "validation" | "test"
     data_source: str
@@ -82,3 +125,28 @@ class Run:
     spec: RunSpec
     created_at: datetime
     evaluation: Evaluation
+
+    @property
+    def label(self) -> str:
+        """The run's readable name (`run_label`)."""
+        return run_label(self.id, self.spec)
+
+
+def run_label(run_id: int, spec: RunSpec) -> str:
+    """The one readable name of a stored model, shown by the CLI and the dashboard alike.
+
+    E.g. "TF-IDF baseline: tfidf-logreg (run 1)", "fine-tuned model: all-MiniLM-L6-v2, study
+    imdb-finetune (run 9)", "trial 3 of imdb-finetune (run 12)".
+
+    Args:
+        run_id: the run's id.
+        spec: the run's spec; a stage unknown to `Stage` is shown as stored.
+
+    Returns:
+        The stage's display name, the model's last path part and the study, then the run id.
+    """
+    if spec.stage == Stage.TRIAL:
+        return f"trial {spec.trial} of {spec.study} (run {run_id})"
+    stage = Stage(spec.stage).display if spec.stage in STAGES else spec.stage
+    study = f", study {spec.study}" if spec.study else ""
+    return f"{stage}: {Path(spec.model).name or spec.model}{study} (run {run_id})"

@@ -25,7 +25,7 @@ from tests.dashboard import builders
 from tests.trainer.conftest import build_tiny_model
 from trainer import predict
 from trainer.cli import main
-from trainer.errors import ModelError
+from trainer.errors import DataError, ModelError
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
@@ -61,12 +61,19 @@ def _run_ids(db: str) -> list[int]:
         return [r.id for r in store.list_runs()]
 
 
-def _predictions(capsys: pytest.CaptureFixture[str], n: int) -> list[dict]:
+def _baseline_label(db: str) -> str:
+    with open_store(db) as store:
+        return store.list_runs(stage="baseline")[-1].label  # as the dashboard names it
+
+
+def _predictions(capsys: pytest.CaptureFixture[str], n: int, db: str) -> list[dict]:
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == n
+    model = _baseline_label(db)
+    assert model.startswith("TF-IDF baseline: ")
     for line in lines:
         assert line["label"] in ("positive", "negative") and 0.5 <= line["score"] <= 1
-        assert 0 <= line["p_positive"] <= 1 and line["model"].startswith("baseline")
+        assert 0 <= line["p_positive"] <= 1 and line["model"] == model
     return lines
 
 
@@ -137,9 +144,9 @@ def test_predict_classifies_hostile_but_valid_reviews(
 ) -> None:
     capsys.readouterr()
     assert main(["predict", *VALID.values(), "--db", baseline_db]) == 0
-    _predictions(capsys, len(VALID))
+    _predictions(capsys, len(VALID), baseline_db)
     assert main(["predict", "good \ud83d film", "--db", baseline_db]) == 0  # a lone surrogate
-    _predictions(capsys, 1)
+    _predictions(capsys, 1, baseline_db)
 
 
 @pytest.mark.parametrize("name", REFUSED)
@@ -165,14 +172,14 @@ def test_predict_file_reads_bom_crlf_quotes_and_hostile_rows(
     path.write_bytes(_hostile_csv())
     capsys.readouterr()
     assert main(["predict", "--file", str(path), "--db", baseline_db]) == 0
-    _predictions(capsys, 2 + len(VALID))
+    _predictions(capsys, 2 + len(VALID), baseline_db)
 
 
 @pytest.mark.parametrize(("content", "message"), [
     (b"text\r\ngood\r\nbad \xff\xfe film\r\n", "is not valid UTF-8 (line 3)"),
     (b"", "is empty"),
-    (b"\xef\xbb\xbftext\r\n", "no review given"),
-    (b"title,stars\r\nx,1\r\n", "expected a 'text' column"),
+    (b"\xef\xbb\xbftext\r\n", "has a header but no reviews"),
+    (b"title,stars\r\nx,1\r\n", "expected a column named 'text' or 'review'"),
     (b"text\r\ngood\r\n   \r\n", "the review is empty"),
     (b'text\r\n"' + b"a" * 150_000 + b'"\r\n', "is not a readable CSV"),
 ])
@@ -191,26 +198,30 @@ def test_predict_file_refuses_unreadable_csv_in_one_line(
 
 
 def test_upload_reader_and_validation_handle_hostile_rows() -> None:
-    frame = live_views.read_reviews_csv(_hostile_csv())
-    assert len(frame) == 2 + len(VALID) and frame["text"][1] == "multi\r\nline: great cast"
-    texts = [*frame["text"], *(text for text, _ in REFUSED.values())]
+    table = predict.read_reviews_csv(_hostile_csv(), "hostile.csv",
+                                     max_rows=live_views.MAX_UPLOAD_ROWS)
+    reviews = table.reviews
+    assert len(reviews) == 2 + len(VALID) and reviews[1] == "multi\r\nline: great cast"
+    assert table.frame["id"].tolist() == [str(i) for i in range(1, 3 + len(VALID))]
+    texts = [*reviews, *(text for text, _ in REFUSED.values())]
     cleaned, errors = live_views.validated(texts)
-    assert errors[:len(frame)] == [None] * len(frame)
-    assert all(c.strip() and "\x00" not in c for c in cleaned[:len(frame)])
-    refused = zip(REFUSED.values(), errors[len(frame):], cleaned[len(frame):], strict=True)
+    assert errors[:len(reviews)] == [None] * len(reviews)
+    assert all(c.strip() and "\x00" not in c for c in cleaned[:len(reviews)])
+    refused = zip(REFUSED.values(), errors[len(reviews):], cleaned[len(reviews):], strict=True)
     for (_, message), error, text in refused:
         assert message in error and text == ""
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b"text\r\ngood\r\nbad \xff film\r\n", "not UTF-8 text (byte 0xff at position 16)"),
-    (b"\xef\xbb\xbf \r\n", "the file is empty"),
-    (b"text\r\n", "has a header but no reviews"),
-    (b'text\n"unclosed\n', "not a readable CSV"),
+    (b"text\r\ngood\r\nbad \xff film\r\n", "up.csv is not valid UTF-8 (line 3)"),
+    (b"\xef\xbb\xbf \r\n", "up.csv is empty"),
+    (b"text\r\n", "up.csv has a header but no reviews"),
+    (b'text\n"unclosed\n', "up.csv is not a readable CSV"),
+    (b"text\n" + b"x\n" * (live_views.MAX_UPLOAD_ROWS + 1), "give at most 5,000 at a time"),
 ])
 def test_upload_reader_refuses_unreadable_files_clearly(content: bytes, message: str) -> None:
-    with pytest.raises(live_views.UploadError, match=re.escape(message)):
-        live_views.read_reviews_csv(content)
+    with pytest.raises(DataError, match=re.escape(message)):
+        predict.read_reviews_csv(content, "up.csv", max_rows=live_views.MAX_UPLOAD_ROWS)
 
 
 @pytest.fixture

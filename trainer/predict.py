@@ -1,6 +1,8 @@
-"""Classify reviews with any stored model: model references, predictors, input validation."""
+"""Classify reviews with any stored model: model references, predictors, review input."""
 from __future__ import annotations
 
+import csv
+import io
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -8,14 +10,15 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 
 from storage import Run, RunSpec
-from trainer.errors import TrainerError
+from storage.records import STAGES, Stage, run_label
+from trainer.errors import DataError, TrainerError
 
 MAX_REVIEW_CHARS = 20_000
-REF_HELP = "baseline, pretrained, final, trial:N or run:ID"
-REF_STAGES = {"baseline": "baseline", "pretrained": "pretrained", "final": "finetuned",
-              "trial": "trial"}
+REF_HELP = ", ".join(f"{s.ref}:N" if s is Stage.TRIAL else s.ref for s in Stage) + " or run:ID"
+REVIEW_COLUMNS = ("text", "review")  # header names of the review column, in this preference
 
 
 class Predictor(Protocol):
@@ -55,32 +58,138 @@ def validate_review(text: str, max_chars: int = MAX_REVIEW_CHARS) -> str:
     return cleaned
 
 
+@dataclass(frozen=True, eq=False)
+class ReviewTable:
+    """A CSV of reviews as uploaded: every column as text, and the one that holds the reviews."""
+
+    frame: pd.DataFrame  # every column, in the file's order, as str ("" where a row is short)
+    column: str  # the name of the review column in `frame`
+    source: str  # the file's name, for messages
+
+    @property
+    def reviews(self) -> list[str]:
+        """The review of each row, in file order."""
+        return self.frame[self.column].tolist()
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def read_reviews_csv(data: bytes, source: str, *, max_rows: int | None = None) -> ReviewTable:
+    """Parse a CSV of reviews (UTF-8 with or without BOM, LF or CRLF, quoted line breaks).
+
+    The reviews are in the column named 'text' or 'review' (any case, spaces around ignored),
+    or in the only column. Blank lines are skipped; a short row reads "" for what it lacks.
+
+    Args:
+        data: the file's bytes.
+        source: the file's name, as messages should call it.
+        max_rows: the most reviews accepted (None: any number).
+
+    Returns:
+        The whole table, and which of its columns holds the reviews.
+
+    Raises:
+        DataError: invalid UTF-8 (with the line), not a readable CSV, empty, no review column,
+            a header but no reviews, or more than max_rows reviews.
+    """
+    rows = _csv_rows(_decoded(data, source), source)
+    if not rows:
+        raise DataError(f"{source} is empty; expected a header row with a column named text, "
+                        "then one review per row")
+    names = _unique([str(h) for h in rows[0]])
+    column = _review_column(names, source)
+    body = rows[1:]
+    if not body:
+        raise DataError(f"{source} has a header but no reviews; add one review per row")
+    if max_rows is not None and len(body) > max_rows:
+        raise DataError(f"{source} has {len(body):,} reviews; give at most {max_rows:,} at a "
+                        "time (split the file)")
+    frame = pd.DataFrame([r + [""] * (len(names) - len(r)) for r in body], columns=names,
+                         dtype=str)
+    return ReviewTable(frame, column, source)
+
+
+def _decoded(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f'{source} is not valid UTF-8 (line {line}); save it as "CSV UTF-8" '
+                        "and try again") from None
+
+
+def _csv_rows(text: str, source: str) -> list[list[str]]:
+    """Non-blank rows; the header's width is the most fields a row may have."""
+    if not text.strip():
+        return []
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[list[str]] = []
+    while True:
+        start = reader.line_num + 1  # a quoted line break makes a record span several lines
+        try:
+            row = next(reader, None)
+        except csv.Error as e:  # an unclosed quote, or a field over csv's 131,072 characters
+            raise DataError(
+                f"{source} is not a readable CSV (the row from line {start}: {e}); check that "
+                "every quote is closed and that fields holding commas, quotes or line breaks "
+                "are quoted, then try again") from None
+        if row is None:
+            return rows
+        if rows and len(row) > len(rows[0]):
+            raise DataError(
+                f"{source} is not a readable CSV (the row from line {start} has {len(row)} "
+                f"fields, the header {len(rows[0])}); quote fields that hold commas, then try "
+                "again")
+        if row:
+            rows.append(row)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Header names made unique as pandas does: a repeated name gets .1, .2, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        out.append(name if count == 0 else f"{name}.{count}")
+    return out
+
+
+def _review_column(names: list[str], source: str) -> str:
+    by_key = {}
+    for name in names:
+        by_key.setdefault(name.strip().lower(), name)
+    for key in REVIEW_COLUMNS:
+        if key in by_key:
+            return by_key[key]
+    if len(names) == 1:
+        return names[0]
+    raise DataError(f"expected a column named 'text' or 'review' (or a single column) in "
+                    f"{source}, found {names}; rename the column that holds the reviews to text")
+
+
 def _stored(spec: RunSpec) -> tuple[bool, str | None]:
     artifact = spec.artifact
     if not artifact:
         return False, "no saved model for this run"
-    if spec.stage == "pretrained" or Path(artifact).exists():
+    if spec.stage == Stage.PRETRAINED or Path(artifact).exists():  # a hub id is no path
         return True, None
     return False, f"its saved model {artifact} no longer exists"
 
 
-def _label(run_id: int, spec: RunSpec) -> str:
-    if spec.stage == "trial":
-        return f"trial {spec.trial} of {spec.study} (run {run_id})"
-    if spec.stage == "finetuned":
-        return f"fine-tuned, study {spec.study} (run {run_id})"
-    return f"{spec.stage}: {Path(spec.model).name or spec.model} (run {run_id})"
-
-
 def _ref(run_id: int, spec: RunSpec) -> str:
-    return f"trial:{spec.trial}" if spec.stage == "trial" else f"run:{run_id}"
+    return f"{Stage.TRIAL.ref}:{spec.trial}" if spec.stage == Stage.TRIAL else f"run:{run_id}"
+
+
+def _listing_order(spec: RunSpec) -> int:
+    return Stage(spec.stage).order if spec.stage in STAGES else len(Stage)
 
 
 def model_choices(store) -> list[ModelChoice]:
     """Every stored run whose model can be loaded, newest first within each stage."""
-    order = {"baseline": 0, "pretrained": 1, "finetuned": 2, "trial": 3}
-    specs = sorted(store.run_specs().items(), key=lambda kv: (order.get(kv[1].stage, 9), -kv[0]))
-    return [ModelChoice(_label(i, spec), _ref(i, spec), i, *_stored(spec))
+    specs = sorted(store.run_specs().items(), key=lambda kv: (_listing_order(kv[1]), -kv[0]))
+    return [ModelChoice(run_label(i, spec), _ref(i, spec), i, *_stored(spec))
             for i, spec in specs if spec.artifact]
 
 
@@ -97,16 +206,17 @@ def resolve_ref(store, ref: str, study: str | None = None) -> Run:
     kind, _, arg = ref.partition(":")
     if kind == "run" and arg.isdigit():
         return store.get_run(int(arg))
-    stage = REF_STAGES.get(kind)
-    if stage is None or (kind == "trial") != arg.isdigit() or (kind != "trial" and arg):
+    stage = Stage.of_ref(kind)
+    numbered = stage is Stage.TRIAL
+    if stage is None or numbered != arg.isdigit() or (not numbered and arg):
         raise TrainerError(f"unknown model reference {ref!r}; use {REF_HELP}")
-    per_study = stage in ("finetuned", "trial") and study is not None
+    per_study = stage in (Stage.FINETUNED, Stage.TRIAL) and study is not None
     specs = store.run_specs(stage=stage, study=study if per_study else None)
     ids = [i for i, spec in specs.items()
            if spec.artifact and (not arg or spec.trial == int(arg))]
     if not ids:
-        command = {"finetuned": "final", "trial": "tune"}.get(stage, stage)
-        raise TrainerError(f"no stored {ref} model yet; run `python -m trainer {command}` first")
+        raise TrainerError(
+            f"no stored {ref} model yet; run `python -m trainer {stage.command}` first")
     return store.get_run(ids[-1])
 
 
@@ -114,7 +224,7 @@ class _BaselinePredictor:
     def __init__(self, run: Run) -> None:
         from trainer.baseline.io import load_baseline
 
-        self.name = _label(run.id, run.spec)
+        self.name = run.label
         self._model = load_baseline(run.spec.artifact)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -128,7 +238,7 @@ class _TransformerPredictor:
     def __init__(self, run: Run, max_length: int, fast: bool = False) -> None:
         from trainer.transformer import model as transformer
 
-        self.name = _label(run.id, run.spec)
+        self.name = run.label
         self._max_length = max_length
         self._clf = transformer.load_classifier(run.spec.artifact)
         self._fast = None
@@ -164,7 +274,7 @@ def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None 
     available, reason = _stored(run.spec)
     if not available:
         raise TrainerError(f"cannot load {ref}: {reason}; train it again")
-    if run.spec.stage == "baseline":
+    if run.spec.stage == Stage.BASELINE:
         return _BaselinePredictor(run)
     return _TransformerPredictor(run, max_length, fast)
 

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from storage import Run
-
-STAGE_ORDER = ("baseline", "pretrained", "finetuned")
+from storage.records import COMPARED_STAGES, Stage
+from trainer.metrics import McNemar, mcnemar
 
 
 def _num(x: float) -> float | None:
@@ -28,6 +30,9 @@ def run_entry(run: Run) -> dict[str, Any]:
             "loss": _num(s.get("loss")),
             "roc_auc": _num(s.get("roc_auc")),
             "roc_auc_ci95": [_num(s.get("roc_auc_ci_low")), _num(s.get("roc_auc_ci_high"))],
+            "average_precision": _num(s.get("average_precision")),
+            "average_precision_ci95": [_num(s.get("average_precision_ci_low")),
+                                       _num(s.get("average_precision_ci_high"))],
             "ece": _num(s.get("ece")), "brier": _num(s.get("brier")),
             "per_class": {name: {"precision": _num(m.precision), "recall": _num(m.recall),
                                  "f1": _num(m.f1), "support": m.support}
@@ -47,9 +52,8 @@ def study_entries(url: str, name: str | None = None) -> list[dict[str, Any]]:
     import optuna
     from optuna.trial import TrialState
 
-    from trainer.tuning.trials import quiet_optuna
     from trainer.tuning.storage import optuna_storage
-    from trainer.tuning.trials import ranked
+    from trainer.tuning.trials import quiet_optuna, ranked
 
     storage = optuna_storage(url, heartbeat=0)  # one engine for every study, lock-tolerant
     entries = []
@@ -79,7 +83,7 @@ def study_entries(url: str, name: str | None = None) -> list[dict[str, Any]]:
 
 def build_report(store, *, with_trials: bool = False) -> dict[str, Any]:
     """The `report --json` object: evaluated models (trials only when asked) and studies."""
-    runs = [r for r in store.list_runs() if with_trials or r.spec.stage != "trial"]
+    runs = [r for r in store.list_runs() if with_trials or r.spec.stage != Stage.TRIAL]
     return {"runs": [run_entry(r) for r in runs], "studies": study_entries(store.url)}
 
 
@@ -90,7 +94,10 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths))
+
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -132,50 +139,72 @@ def render(report: dict[str, Any]) -> str:
     parts = ["Evaluated models", runs_table(report["runs"]) if report["runs"] else "(none yet)"]
     for e in report["runs"]:
         parts += [f"warning (run {e['id']}): {w}" for w in e["warnings"]]
-    parts += ["", "Studies", studies_table(report["studies"]) if report["studies"] else "(none yet)"]
+    studies = studies_table(report["studies"]) if report["studies"] else "(none yet)"
+    parts += ["", "Studies", studies]
     return "\n".join(parts)
 
 
-def paired_predictions(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """The reviews two models both scored: review_id, label, prob_a, prob_b.
+@dataclass(frozen=True)
+class PairedTest:
+    """McNemar's test of two runs on the reviews both scored, with each run's accuracy there."""
+
+    test: McNemar  # b: only run A right, c: only run B right
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+
+
+def paired_mcnemar(a: pd.DataFrame, b: pd.DataFrame, threshold: float = 0.5) -> PairedTest | None:
+    """Pair two runs' stored predictions on their shared review ids and test them.
+
+    Args:
+        a, b: predictions of runs A and B (review_id, label, prob), as Store.predictions gives
+            them; reviews without a probability are left out.
+        threshold: a review is called positive when prob >= threshold.
+
+    Returns:
+        The test on the shared reviews, or None when the runs share no scored review.
 
     Raises:
-        ValueError: the two runs disagree on a review's true label.
+        ValueError: the two runs disagree on a review's true label (they were scored on
+            different data sources).
     """
-    merged = a[["review_id", "label", "prob"]].merge(
-        b[["review_id", "label", "prob"]], on="review_id", suffixes=("_a", "_b"))
-    if (merged["label_a"] != merged["label_b"]).any():
+    columns = ["review_id", "label", "prob"]
+    both = a[columns].dropna().merge(b[columns].dropna(), on="review_id", suffixes=("_a", "_b"))
+    if (both["label_a"] != both["label_b"]).any():
         raise ValueError("the two runs give different true labels for the same review ids; "
                          "they were scored on different data sources")
-    return merged.rename(columns={"label_a": "label"}).drop(columns="label_b")
+    if both.empty:
+        return None
+    labels = both["label_a"].to_numpy()
+    pa, pb = both["prob_a"].to_numpy(), both["prob_b"].to_numpy()
+    return PairedTest(mcnemar(labels, pa, pb, threshold=threshold), len(both),
+                      float(np.mean((pa >= threshold) == labels)),
+                      float(np.mean((pb >= threshold) == labels)))
+
 
 def mcnemar_against(store, target: Run, others: list[Run]) -> dict[int, str]:
     """McNemar's exact p-value of `target` against each other run, on the reviews both scored."""
-    from trainer.metrics import mcnemar
-
     mine = store.predictions(target.id, texts=False)
     out = {}
     for run in others:
         try:
-            both = paired_predictions(mine, store.predictions(run.id, texts=False))
+            paired = paired_mcnemar(mine, store.predictions(run.id, texts=False))
         except ValueError:
-            both = mine.iloc[:0]
-        if both.empty:
-            out[run.id] = "no shared reviews"
+            out[run.id] = "scored on other data"
             continue
-        result = mcnemar(both["label"].to_numpy(), both["prob_a"].to_numpy(),
-                         both["prob_b"].to_numpy())
-        out[run.id] = f"{result.p_value:.3g} (n={len(both)})"
+        out[run.id] = "no shared reviews" if paired is None else \
+            f"{paired.test.p_value:.3g} (n={paired.n})"
     return out
 
 
 def summary(store, runs: list[Run]) -> str:
-    """The end-of-run table of the three stages with McNemar's test against the fine-tuned model."""
+    """The end-of-run table of the three stages, McNemar's test against the fine-tuned model."""
     by_stage = {r.spec.stage: r for r in runs}
-    ordered = [by_stage[s] for s in STAGE_ORDER if s in by_stage]
+    ordered = [by_stage[s] for s in COMPARED_STAGES if s in by_stage]
     extra = None
-    if "finetuned" in by_stage:
-        tuned = by_stage["finetuned"]
+    if Stage.FINETUNED in by_stage:
+        tuned = by_stage[Stage.FINETUNED]
         extra = mcnemar_against(store, tuned, [r for r in ordered if r is not tuned])
         extra[tuned.id] = "–"
     text = runs_table([run_entry(r) for r in ordered], extra)

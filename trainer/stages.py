@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from storage import Run, RunSpec
+from storage.records import Stage
 from trainer.config import Config
 from trainer.data import load_imdb
 from trainer.errors import TrainerError
@@ -74,19 +75,20 @@ def _artifact_dir(ctx: Context, name: str) -> Path:
 
 
 def baseline(ctx: Context) -> Run:
-    """Stage 1: TF-IDF + logistic regression on the whole train split, scored on the whole test split."""
-    from trainer.baseline.model import train_baseline
+    """Stage 1: TF-IDF + logistic regression, trained on all of train and scored on all of test."""
     from trainer.baseline.io import save_baseline
+    from trainer.baseline.model import train_baseline
 
     key = ctx.config.fingerprint("data", "seed")
-    if (run := _done(ctx, "baseline", key)) is not None:
+    if (run := _done(ctx, Stage.BASELINE, key)) is not None:
         return run
     started, data = time.monotonic(), ctx.data
     model = train_baseline(data.train.texts, data.train.labels, seed=ctx.config.seed,
                            progress=ctx.progress)
     artifact = save_baseline(model, _artifact_dir(ctx, f"baseline-{key}"))
     probs = model.predict_proba(data.test.texts)
-    spec = RunSpec(stage="baseline", model="tfidf-logreg", split="test", data_source=data.source,
+    spec = RunSpec(stage=Stage.BASELINE, model="tfidf-logreg", split="test",
+                   data_source=data.source,
                    config={**ctx.config.to_json(), "baseline_params": model.params},
                    config_hash=key, artifact=str(artifact))
     return _save(ctx, spec, data.test, probs, started)
@@ -98,7 +100,7 @@ def pretrained(ctx: Context) -> Run:
 
     c = ctx.config
     key = c.fingerprint("data", "model", "test_size", "max_length", "seed")
-    if (run := _done(ctx, "pretrained", key)) is not None:
+    if (run := _done(ctx, Stage.PRETRAINED, key)) is not None:
         return run
     started, test = time.monotonic(), ctx.test_subset()
     clf = transformer.load_classifier(c.model)
@@ -107,9 +109,9 @@ def pretrained(ctx: Context) -> Run:
     warnings = (CHANCE_WARNING.format(model=c.model),) if clf.new_head else ()
     for w in warnings:
         log.warning(w)
-    spec = RunSpec(stage="pretrained", model=c.model, split="test", data_source=ctx.data.source,
-                   config=c.to_json(), config_hash=key, warnings=warnings,
-                   artifact=transformer.resolve_model(c.model))
+    spec = RunSpec(stage=Stage.PRETRAINED, model=c.model, split="test",
+                   data_source=ctx.data.source, config=c.to_json(), config_hash=key,
+                   warnings=warnings, artifact=transformer.resolve_model(c.model))
     run = _save(ctx, spec, test, probs, started)
     transformer.free_memory()
     return run
@@ -151,14 +153,15 @@ def final(ctx: Context) -> Run:
     best = _best_trial(study)
     key = c.fingerprint("data", "model", "study", "test_size", "max_length", "seed")
     key = f"{key}-t{best.number}"
-    if (run := _done(ctx, "finetuned", key)) is not None:
+    if (run := _done(ctx, Stage.FINETUNED, key)) is not None:
         return run
     started, test = time.monotonic(), ctx.test_subset()
     model_dir = _final_model(ctx, best, best_trial_artifact(ctx.store, c.study))
     clf = transformer.load_classifier(str(model_dir))
     probs = transformer.predict_proba(clf, test.texts, max_length=c.max_length,
                                       batch_size=c.batch_size, progress=ctx.progress)
-    spec = RunSpec(stage="finetuned", model=c.model, split="test", data_source=ctx.data.source,
+    spec = RunSpec(stage=Stage.FINETUNED, model=c.model, split="test",
+                   data_source=ctx.data.source,
                    config={**c.to_json(), "best_trial": best.number, "best_params": best.params,
                            "best_value": best.value},
                    config_hash=key, study=c.study, artifact=str(model_dir))
@@ -172,7 +175,8 @@ def _best_trial(study):
         return study.best_trial
     except ValueError:
         raise TrainerError(
-            f"study {study.study_name!r} has no completed trial yet; run `python -m trainer tune` first"
+            f"study {study.study_name!r} has no completed trial yet; "
+            "run `python -m trainer tune` first"
         ) from None
 
 

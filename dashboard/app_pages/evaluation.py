@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import charts, resources, views, widgets
 from storage import StorageError
-from storage.records import Run
+from storage.records import COMPARED_STAGES, Run, Stage
 
 st.title("Evaluation")
 url = widgets.database_url()
@@ -25,10 +25,10 @@ def pick_run(url: str, stage_runs: list[Run]) -> Run | None:
             return None
         return by_number[right.selectbox("Trial", sorted(by_number), key="eval_trial")]
     by_id = {r.id: r for r in stage_runs}
-    finals = [r.id for r in stage_runs if r.spec.stage == "finetuned"]
+    finals = [r.id for r in stage_runs if r.spec.stage == Stage.FINETUNED]
     default = list(by_id).index(finals[-1] if finals else stage_runs[-1].id)
     chosen = st.selectbox("Model", list(by_id), index=default, key="eval_run",
-                          format_func=lambda i: views.run_label(by_id[i]))
+                          format_func=lambda i: by_id[i].label)
     return by_id[chosen]
 
 
@@ -44,7 +44,7 @@ def show_curves(url: str, run: Run, runs: list[Run]) -> None:
     curves = run.evaluation.curves
     others = {r.id: r for r in runs if r.id != run.id and "roc" in r.evaluation.curves}
     compare = st.selectbox("Compare the ROC curve with", [None, *others], key="eval_compare",
-                           format_func=lambda i: "—" if i is None else views.run_label(others[i]))
+                           format_func=lambda i: "—" if i is None else others[i].label)
     roc_runs = [run] + ([others[compare]] if compare is not None else [])
     left, middle, right = st.columns(3)
     if "roc" in curves:
@@ -52,10 +52,10 @@ def show_curves(url: str, run: Run, runs: list[Run]) -> None:
                           key="eval_roc")
     if "pr" in curves:
         middle.altair_chart(charts.curves_chart(
-            views.curve_frame(curves["pr"], views.run_label(run)), "pr"), key="eval_pr")
+            views.curve_frame(curves["pr"], run.label), "pr"), key="eval_pr")
     if "calibration" in curves:
         right.altair_chart(charts.calibration_chart(
-            views.curve_frame(curves["calibration"], views.run_label(run))), key="eval_cal")
+            views.curve_frame(curves["calibration"], run.label)), key="eval_cal")
     if not curves:
         st.info("This run has no stored curves.")
 
@@ -93,7 +93,7 @@ def show_errors(preds, threshold: float) -> None:
 
 
 def show(url: str) -> None:
-    runs = [r for stage in views.COMPARED_STAGES for r in resources.runs(url, stage)]
+    runs = [r for stage in COMPARED_STAGES for r in resources.runs(url, stage)]
     run = pick_run(url, runs)
     if run is None:
         st.info(f"The database holds no evaluated model yet. {widgets.FILL_HINT}")
@@ -106,7 +106,7 @@ def show(url: str) -> None:
         preds = resources.predictions(url, run.id)
     except StorageError:
         resources.trial_runs.clear()  # a running trial may have replaced its row (new id)
-        if run.spec.stage != "trial" or run.id in {
+        if run.spec.stage != Stage.TRIAL or run.id in {
                 r.id for r in resources.trial_runs(url, run.spec.study).values()}:
             raise  # not that: show the error rather than rerun forever
         st.rerun()

@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, live_views, resources, views, widgets
-from trainer.errors import TrainerError
+from trainer import predict
+from trainer.errors import DataError, TrainerError
 from trainer.predict import MAX_REVIEW_CHARS, ModelChoice, validate_review
 
 BATCH = 64
@@ -82,16 +83,17 @@ def batch_tab(url: str, choices: list) -> None:
     if upload is None:
         return
     try:
-        frame = live_views.read_reviews_csv(upload.getvalue())
-    except live_views.UploadError as e:
-        widgets.say("error", f"{upload.name}: {e}")
+        table = predict.read_reviews_csv(upload.getvalue(), upload.name,
+                                         max_rows=live_views.MAX_UPLOAD_ROWS)
+    except DataError as e:
+        widgets.say("error", str(e))
         return
     choice = pick_model(choices, "Model for the file", "live_batch_model")
-    st.caption(f"{len(frame):,} reviews in {views.escape_markdown(upload.name)}")
+    st.caption(f"{len(table):,} reviews in {views.escape_markdown(upload.name)}")
     if not st.button("Classify the file", key="live_batch_run"):
         return
     with widgets.page_errors("classify the file"):
-        result = classify(url, choice, frame["text"].tolist())
+        result = classify(url, choice, table.reviews)
         st.dataframe(result.head(200), hide_index=True, key="live_batch_table")
         st.download_button("Download the results as CSV", result.to_csv(index=False),
                            file_name="predictions.csv", mime="text/csv", key="live_batch_csv")

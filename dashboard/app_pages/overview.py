@@ -4,24 +4,25 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import resources, views, widgets
+from storage.records import COMPARED_STAGES, Stage
 
 st.title("Overview")
 url = widgets.database_url()
 
 
 def show_stages(url: str) -> None:
-    latest = views.latest_by_stage(r for stage in views.COMPARED_STAGES
+    latest = views.latest_by_stage(r for stage in COMPARED_STAGES
                                    for r in resources.runs(url, stage))
     if not latest:
         st.info(f"The database holds no evaluated model yet. {widgets.FILL_HINT}")
         return
     for run in latest.values():
         for warning in run.spec.warnings:
-            widgets.say("warning", f"{views.run_label(run)}: {warning}")
+            widgets.say("warning", f"{run.label}: {warning}")
     columns = st.columns(len(latest))
     for column, (stage, run) in zip(columns, latest.items()):
         ev = run.evaluation
-        column.metric(views.STAGE_NAMES[stage], f"{ev.scalars.get('accuracy', float('nan')):.3f}",
+        column.metric(stage.display, f"{ev.scalars.get('accuracy', float('nan')):.3f}",
                       help=f"accuracy on {ev.n:,} {views.escape_markdown(run.spec.split)} reviews")
     st.subheader("Side by side")
     st.dataframe(views.overview_table(views.runs_frame(latest.values())), key="overview_table",
@@ -40,7 +41,7 @@ def show_tests(url: str, latest: dict) -> None:
         return
     st.markdown(f"**{views.escape_markdown(tests['sentence'].iloc[0])}**")  # names a stored split
     shown = tests.assign(
-        comparison=[f"{views.STAGE_NAMES[a]} → {views.STAGE_NAMES[b]}"
+        comparison=[f"{Stage(a).display} → {Stage(b).display}"
                     for a, b in zip(tests["before"], tests["after"])],
         p=[views.format_p(p) for p in tests["p_value"]])
     number = st.column_config.NumberColumn

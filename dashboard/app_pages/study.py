@@ -1,4 +1,4 @@
-"""Study explorer: trials, history, importance, hyperparameters, time, and each trial's diagnostics."""
+"""Study explorer: trials, history, importance, hyperparameters, time, each trial's diagnostics."""
 from __future__ import annotations
 
 import pandas as pd

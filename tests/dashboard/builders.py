@@ -87,7 +87,7 @@ def save_stage(store: Store, stage: str, reviews: Reviews, quality: float, *, se
 
 
 def make_trials(n: int, seed: int = 0, running: int = 1) -> list[optuna.trial.FrozenTrial]:
-    """n trials of a fine-tuning study: mostly complete, some pruned, a few failed, some running."""
+    """n fine-tuning study trials: mostly complete, some pruned, a few failed, some running."""
     rng = np.random.default_rng(seed)
     start = dt.datetime(2026, 1, 1, 8, 0, 0)
     trials = []
@@ -158,8 +158,8 @@ def add_trial_runs(store: Store, study: optuna.Study, reviews: Reviews,
 
 def baseline_artifact(directory: Path, reviews: Reviews) -> str:
     """Train and save a real TF-IDF baseline on the reviews; returns its folder."""
-    from trainer.baseline.model import train_baseline
     from trainer.baseline.io import save_baseline
+    from trainer.baseline.model import train_baseline
 
     model = train_baseline(list(reviews.texts), list(reviews.labels), seed=0)
     return str(save_baseline(model, directory))

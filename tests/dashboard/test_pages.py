@@ -100,9 +100,10 @@ def test_overview_shows_stages_warning_tests_and_sentence(open_page: Open,
     no_exception(at)
     assert [m.label for m in at.metric] == ["TF-IDF baseline", "pretrained model",
                                             "fine-tuned model"]
-    table = table_with(at, "TF-IDF baseline (run 1)")
-    assert list(table.columns) == ["TF-IDF baseline (run 1)", "pretrained model (run 2)",
-                                   "fine-tuned model (run 3)"]
+    table = table_with(at, "TF-IDF baseline: tfidf-logreg (run 1)")
+    assert list(table.columns) == ["TF-IDF baseline: tfidf-logreg (run 1)",
+                                   "pretrained model: tiny-bert (run 2)",
+                                   f"fine-tuned model: tiny-bert, study {builders.STUDY} (run 3)"]
     assert "accuracy 95% CI" in table.index
     assert "untrained sentiment head" in texts(at.warning)
     sentence = texts(at.markdown)
@@ -266,15 +267,24 @@ def test_live_page_classifies_an_uploaded_csv(open_page: Open, small_db: str) ->
 
 
 @pytest.mark.parametrize(("data", "message"), [
-    (b"text\n\xff\xfe\n", "not UTF-8 text"),
-    (b"title,stars\nx,1\n", "expected a column named"),
+    (b"text\n\xff\xfe\n", "bad.csv is not valid UTF-8 (line 2)"),
+    (b"title,stars\nx,1\n", "expected a column named 'text' or 'review'"),
+    (b"text\n" + b"x\n" * 5001, "bad.csv has 5,001 reviews; give at most 5,000"),
 ])
-def test_live_page_rejects_unreadable_csv_with_advice(open_page: Open, small_db: str,
-                                                      data: bytes, message: str) -> None:
+def test_live_page_rejects_unreadable_csv_with_the_shared_readers_advice(
+    open_page: Open, small_db: str, data: bytes, message: str
+) -> None:
+    from dashboard.live_views import MAX_UPLOAD_ROWS
+    from trainer.errors import DataError
+    from trainer.predict import read_reviews_csv
+
     at = open_page(small_db, "live")
     at.file_uploader(key="live_csv").set_value(("bad.csv", data, "text/csv")).run()
     no_exception(at)
-    assert message in texts(at.error).replace("\\", "")
+    with pytest.raises(DataError) as caught:  # what `predict --file` reads with, too
+        read_reviews_csv(data, "bad.csv", max_rows=MAX_UPLOAD_ROWS)
+    assert message in str(caught.value)
+    assert texts(at.error).replace("\\", "") == str(caught.value)
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from dashboard import live_views, views
-from storage.records import ClassMetrics, Curve, Evaluation, Run, RunSpec
+from storage.records import ClassMetrics, Curve, Evaluation, Run, RunSpec, Stage
+from storage.store import open_store
+from trainer import predict
 from trainer.explanation import Contribution
-from trainer.report import paired_predictions
+from trainer.report import mcnemar_against
 
 
 def make_run(run_id: int, stage: str, accuracy: float = 0.8, **spec: object) -> Run:
@@ -39,7 +41,7 @@ def test_latest_by_stage_keeps_newest_run_of_each_stage_in_stage_order() -> None
     runs = [make_run(3, "finetuned"), make_run(1, "baseline"), make_run(5, "baseline"),
             make_run(4, "trial", study="s", trial=0)]
     latest = views.latest_by_stage(runs)
-    assert list(latest) == ["baseline", "finetuned"]
+    assert list(latest) == [Stage.BASELINE, Stage.FINETUNED]
     assert latest["baseline"].id == 5
 
 
@@ -52,7 +54,7 @@ def test_runs_frame_flattens_scalars_and_per_class_metrics() -> None:
 
 def test_overview_table_shows_interval_and_blank_for_nan_interval() -> None:
     table = views.overview_table(views.runs_frame([make_run(2, "baseline", accuracy=0.9)]))
-    column = table["TF-IDF baseline (run 2)"]
+    column = table["TF-IDF baseline: m (run 2)"]
     assert column["accuracy"] == "0.900"
     assert column["accuracy 95% CI"] == "[0.800, 1.000]"
     assert column["ROC AUC 95% CI"] == ""
@@ -72,18 +74,6 @@ def test_comparison_sentence_flags_a_difference_chance_could_explain() -> None:
     assert "chance" in sentence
 
 
-def test_align_predictions_pairs_by_review_id_and_rejects_different_labels() -> None:
-    a = preds([0, 1, 1], [0.2, 0.7, 0.4])
-    b = preds([1, 0, 1], [0.9, 0.1, 0.6])[::-1]
-    b = b.assign(review_id=["r0", "r1", "r2"], label=[1, 1, 0])
-    with pytest.raises(ValueError, match="different true labels"):
-        paired_predictions(a, b)
-    same = a.assign(prob=[0.3, 0.8, 0.9])
-    aligned = paired_predictions(a, same)
-    assert list(aligned.columns) == ["review_id", "label", "prob_a", "prob_b"]
-    assert aligned["prob_b"].tolist() == [0.3, 0.8, 0.9]
-
-
 def test_stage_comparisons_counts_discordant_reviews() -> None:
     labels = [0, 1, 1, 0]
     latest = {"pretrained": make_run(1, "pretrained"), "finetuned": make_run(2, "finetuned")}
@@ -94,6 +84,32 @@ def test_stage_comparisons_counts_discordant_reviews() -> None:
     assert (row["b"], row["c"]) == (0, 2)  # only the fine-tuned model got reviews 0 and 1 right
     assert row["accuracy_before"] == 0.5 and row["accuracy_after"] == 1.0
     assert row["sentence"].startswith("Fine-tuning raised accuracy from 0.500 to 1.000")
+
+
+def test_stage_comparisons_skip_runs_scored_on_other_reviews_or_labels() -> None:
+    latest = {"baseline": make_run(1, "baseline"), "pretrained": make_run(2, "pretrained")}
+    other_ids = views.stage_comparisons(latest, {1: preds([0, 1], [0.2, 0.8]),
+                                                 2: preds([0, 1], [0.2, 0.8], prefix="x")})
+    other_labels = views.stage_comparisons(latest, {1: preds([0, 1], [0.2, 0.8]),
+                                                    2: preds([1, 1], [0.2, 0.8])})
+    assert other_ids.empty and other_labels.empty
+
+
+def test_overview_and_cli_summary_give_the_same_mcnemar_test() -> None:
+    """Both pair the runs through trainer.report.paired_mcnemar: same reviews, same p."""
+    labels = [0, 1, 1, 0, 1, 0, 1, 1]
+    frames = {1: preds(labels, [0.6, 0.4, 0.7, 0.2, 0.3, 0.8, 0.9, 0.4]),
+              2: preds(labels, [0.1, 0.9, 0.8, 0.3, 0.7, 0.1, 0.2, 0.6])[::-1].head(7)}
+    latest = {"pretrained": make_run(1, "pretrained"), "finetuned": make_run(2, "finetuned")}
+    row = views.stage_comparisons(latest, frames).iloc[0]
+
+    class Store:
+        def predictions(self, run_id: int, *, texts: bool = True) -> pd.DataFrame:
+            return frames[run_id]
+
+    cli = mcnemar_against(Store(), latest["finetuned"], [latest["pretrained"]])
+    assert row["n"] == 7
+    assert cli == {1: f"{row['p_value']:.3g} (n={row['n']})"}
 
 
 def test_confusion_frame_normalises_each_true_class() -> None:
@@ -123,6 +139,41 @@ def test_curve_frame_thins_long_curves_keeping_both_ends() -> None:
 def test_precision_recall_area_matches_hand_computed_value() -> None:
     run = make_run(1, "baseline")
     assert views.step_auc(run.evaluation.curves["pr"]) == 0.75  # 0.5*1.0 + 0.5*0.5
+
+
+def test_pr_auc_is_the_stored_average_precision_and_the_curve_only_for_older_runs() -> None:
+    from sklearn.metrics import average_precision_score
+
+    from trainer.metrics import evaluate
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    probs = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).round(2)
+    ev = evaluate(labels, probs, n_bootstrap=50, curve_points=8)  # a coarse stored curve
+    exact = average_precision_score(labels, probs)
+    value, note = views.pr_auc_cell(ev.scalars, ev.curves)
+    assert value == exact and note.startswith("average precision, 95% CI [")
+    older = {k: v for k, v in ev.scalars.items() if not k.startswith("average_precision")}
+    value, note = views.pr_auc_cell(older, ev.curves)
+    assert value == views.step_auc(ev.curves["pr"]) and abs(value - exact) > 1e-3
+    assert "approximated from the stored curve" in note
+    assert math.isnan(views.pr_auc_cell(older, {})[0])
+
+
+def test_pr_auc_cell_shows_the_stored_value_and_says_which_it_is() -> None:
+    older = {name: cell for name, *cell in views.metric_cells(make_run(1, "baseline"))}
+    assert older["PR AUC"] == ["0.750", "average precision, approximated from the stored curve "
+                                        "(an older run)"]
+    run = make_run(2, "baseline")
+    scalars = {**run.evaluation.scalars, "average_precision": 0.8125,
+               "average_precision_ci_low": math.nan, "average_precision_ci_high": math.nan}
+    stored = Run(2, run.spec, run.created_at, Evaluation(
+        run.evaluation.n, scalars, run.evaluation.per_class, run.evaluation.confusion,
+        run.evaluation.curves))
+    cells = {name: cell for name, *cell in views.metric_cells(stored)}
+    assert cells["PR AUC"] == ["0.812", "average precision"]  # not the curve's 0.750
+    single_class = {**scalars, "average_precision": math.nan}
+    assert views.pr_auc_cell(single_class, run.evaluation.curves)[1] == "average precision"
 
 
 def test_probability_histogram_bins_every_review_once() -> None:
@@ -165,41 +216,23 @@ def test_highlight_markdown_skips_overlapping_and_zero_spans() -> None:
     assert live_views.highlight_markdown("ab c", spans) == ":green-background[ab] c"
 
 
+def test_dashboard_and_cli_name_a_run_the_same_way(tmp_path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
+        run_id = store.save_run(RunSpec("finetuned", "/m/minilm", "test", "d", study="imdb",
+                                        artifact=str(tmp_path)), make_run(1, "x").evaluation)
+        run = store.get_run(run_id)
+        (choice,) = predict.model_choices(store)  # the live page's and `predict`'s name
+    frame = views.runs_frame([run])
+    assert frame["name"].iloc[0] == choice.label == run.label
+    assert list(views.overview_table(frame).columns) == [choice.label]
+    assert set(views.curves_frame([run], "roc")["model"]) == {choice.label}
+
+
 def test_contributions_frame_orders_by_strength() -> None:
     frame = live_views.contributions_frame([Contribution("a", 0, 1, 0.1),
                                             Contribution("b", 2, 3, -0.5)])
     assert frame["token"].tolist() == ["b", "a"]
     assert frame["towards"].tolist() == ["negative", "positive"]
-
-
-@pytest.mark.parametrize("data", [
-    b"text,stars\nGreat film,5\nAwful,1\n",
-    b"\xef\xbb\xbftext,stars\r\nGreat film,5\r\nAwful,1\r\n",
-    b"Review\n\"Great, truly\nfilm\"\nAwful\n",
-])
-def test_read_reviews_csv_accepts_bom_crlf_and_quoted_newlines(data: bytes) -> None:
-    frame = live_views.read_reviews_csv(data)
-    assert len(frame) == 2 and "text" in frame
-    assert frame["text"].iloc[1] == "Awful"
-
-
-@pytest.mark.parametrize(("data", "message"), [
-    (b"text\n\xff\xfe bad bytes\n", "not UTF-8 text (byte 0xff at position 5)"),
-    (b"", "the file is empty"),
-    (b"   \r\n", "the file is empty"),
-    (b"title,stars\nx,1\n", "expected a column named 'text', found ['title', 'stars']"),
-    (b"text\n", "has a header but no reviews"),
-    (b'text,b\n"unterminated,1\n', "not a readable CSV"),
-])
-def test_read_reviews_csv_explains_what_to_do(data: bytes, message: str) -> None:
-    with pytest.raises(live_views.UploadError, match="; ") as caught:
-        live_views.read_reviews_csv(data)
-    assert message in str(caught.value)
-
-
-def test_read_reviews_csv_caps_rows() -> None:
-    with pytest.raises(live_views.UploadError, match="upload at most 3"):
-        live_views.read_reviews_csv(b"text\n" + b"a\n" * 4, max_rows=3)
 
 
 def test_batch_frame_reports_label_score_and_row_errors() -> None:

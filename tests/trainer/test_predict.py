@@ -1,0 +1,164 @@
+"""Review input (the one CSV reader), model references by stage, and the one run label."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from storage.records import COMPARED_STAGES, STAGES, Evaluation, RunSpec, Stage, run_label
+from storage.store import Store, open_store
+from trainer import predict
+from trainer.cli import build_parser
+from trainer.errors import DataError, TrainerError
+from trainer.predict import read_reviews_csv
+
+# ---------------------------------------------------------------- the CSV reader
+
+
+@pytest.mark.parametrize(("data", "column", "reviews"), [
+    (b"text,stars\nGreat film,5\nAwful,1\n", "text", ["Great film", "Awful"]),
+    (b"\xef\xbb\xbftext,stars\r\nGreat film,5\r\nAwful,1\r\n", "text", ["Great film", "Awful"]),
+    (b"Review\n\"Great, truly\nfilm\"\nAwful\n", "Review", ["Great, truly\nfilm", "Awful"]),
+    (b" TEXT ,review\r\na,b\r\n", " TEXT ", ["a"]),  # 'text' wins over 'review'
+    (b"comments\n\"A superb, moving film\"\n\nDull\n", "comments",
+     ["A superb, moving film", "Dull"]),  # the only column, whatever its name; blank lines skipped
+])
+def test_reader_finds_the_review_column_with_bom_crlf_and_quoted_newlines(
+    data: bytes, column: str, reviews: list[str]
+) -> None:
+    table = read_reviews_csv(data, "r.csv")
+    assert table.column == column and table.reviews == reviews and len(table) == len(reviews)
+
+
+def test_reader_keeps_every_column_as_text_in_file_order() -> None:
+    table = read_reviews_csv(b"id,text,stars\n007,Great,5\n8,Awful\n", "r.csv")
+    assert list(table.frame.columns) == ["id", "text", "stars"]
+    assert table.frame.to_dict("list") == {"id": ["007", "8"], "text": ["Great", "Awful"],
+                                           "stars": ["5", ""]}  # a short row reads ""
+
+
+def test_reader_makes_repeated_header_names_unique() -> None:
+    table = read_reviews_csv(b"text,text,\na,b,c\n", "r.csv")
+    assert list(table.frame.columns) == ["text", "text.1", ""]
+    assert table.reviews == ["a"]
+
+
+def test_reader_keeps_whitespace_reviews_for_validation_to_refuse() -> None:
+    table = read_reviews_csv(b"text\r\ngood\r\n   \r\n", "r.csv")
+    assert table.reviews == ["good", "   "]
+    with pytest.raises(TrainerError, match="the review is empty"):
+        predict.validate_review(table.reviews[1])
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"text\ngood\n\xff\xfe bad bytes\n", "r.csv is not valid UTF-8 (line 3)"),
+    (b"", "r.csv is empty"),
+    (b"\xef\xbb\xbf  \r\n", "r.csv is empty"),
+    (b"title,stars\nx,1\n",
+     "expected a column named 'text' or 'review' (or a single column) in r.csv, "
+     "found ['title', 'stars']"),
+    (b"\xef\xbb\xbftext\r\n", "r.csv has a header but no reviews"),
+    (b'text,b\nok,1\n"unterminated,1\nmore\n',
+     "r.csv is not a readable CSV (the row from line 3: unexpected end of data)"),
+    (b"a,b\n\"x\ny\",2\n1,2,3\n",
+     "r.csv is not a readable CSV (the row from line 4 has 3 fields, the header 2)"),
+    (b'text\r\n"' + b"a" * 150_000 + b'"\r\n', "r.csv is not a readable CSV (the row from line 2"),
+])
+def test_reader_refuses_bad_files_saying_what_to_do(data: bytes, message: str) -> None:
+    with pytest.raises(DataError) as caught:
+        read_reviews_csv(data, "r.csv")
+    assert message in str(caught.value)
+    assert "; " in str(caught.value)  # then what to do
+
+
+def test_reader_caps_rows_only_when_asked() -> None:
+    data = b"text\n" + b"a\n" * 4
+    with pytest.raises(DataError, match="r.csv has 4 reviews; give at most 3"):
+        read_reviews_csv(data, "r.csv", max_rows=3)
+    assert len(read_reviews_csv(data, "r.csv", max_rows=4)) == 4
+    assert len(read_reviews_csv(data, "r.csv")) == 4
+
+
+# ---------------------------------------------------------------- stages and model references
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    with open_store("sqlite://") as opened:
+        yield opened
+
+
+def evaluation() -> Evaluation:
+    return Evaluation(n=1, scalars={"accuracy": 1.0}, per_class={}, confusion=((1, 0), (0, 0)))
+
+
+def save(store: Store, stage: str, **spec: object) -> int:
+    values = {"model": "m", "split": "test", "data_source": "d", "artifact": "hub/model", **spec}
+    return store.save_run(RunSpec(stage=stage, **values), evaluation())
+
+
+def test_stages_are_the_strings_the_database_holds() -> None:
+    assert STAGES == ("baseline", "pretrained", "finetuned", "trial")
+    assert [s.display for s in Stage] == ["TF-IDF baseline", "pretrained model",
+                                          "fine-tuned model", "trial"]
+    assert COMPARED_STAGES == (Stage.BASELINE, Stage.PRETRAINED, Stage.FINETUNED)
+    assert [s.order for s in Stage] == [0, 1, 2, 3]
+    assert Stage("finetuned") is Stage.FINETUNED and f"{Stage.FINETUNED}" == "finetuned"
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_each_stage_names_a_real_command_and_a_model_reference(stage: Stage) -> None:
+    build_parser().parse_args([stage.command])  # exits if the CLI has no such command
+    assert Stage.of_ref(stage.ref) is stage
+    assert stage.ref in predict.REF_HELP
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_resolve_ref_finds_the_newest_model_of_the_stage_its_word_names(
+    store: Store, stage: Stage
+) -> None:
+    ref = f"{stage.ref}:4" if stage is Stage.TRIAL else stage.ref
+    with pytest.raises(TrainerError, match=f"run `python -m trainer {stage.command}` first"):
+        predict.resolve_ref(store, ref)
+    numbered = {"trial": 4} if stage is Stage.TRIAL else {}
+    save(store, stage, study="s1", **numbered)
+    newest = save(store, stage, study="s2", **numbered)
+    save(store, Stage.BASELINE if stage is not Stage.BASELINE else Stage.PRETRAINED)
+    run = predict.resolve_ref(store, ref)
+    assert run.id == newest and run.spec.stage == stage
+
+
+def test_model_choices_list_stages_in_order_newest_first(store: Store) -> None:
+    ids = {"trial": save(store, "trial", study="s", trial=0),
+           "finetuned": save(store, "finetuned", study="s"),
+           "old baseline": save(store, "baseline"),
+           "pretrained": save(store, "pretrained"),
+           "baseline": save(store, "baseline")}
+    choices = predict.model_choices(store)
+    assert [c.run_id for c in choices] == [ids[k] for k in ("baseline", "old baseline",
+                                                            "pretrained", "finetuned", "trial")]
+    assert choices[-1].ref == "trial:0" and choices[0].ref == f"run:{ids['baseline']}"
+
+
+# ---------------------------------------------------------------- the run label
+
+
+@pytest.mark.parametrize(("spec", "label"), [
+    (RunSpec("baseline", "tfidf-logreg", "test", "d"), "TF-IDF baseline: tfidf-logreg (run 1)"),
+    (RunSpec("pretrained", "/models/all-MiniLM-L6-v2/", "test", "d"),
+     "pretrained model: all-MiniLM-L6-v2 (run 1)"),
+    (RunSpec("finetuned", "org/deberta", "test", "d", study="imdb"),
+     "fine-tuned model: deberta, study imdb (run 1)"),
+    (RunSpec("trial", "org/deberta", "validation", "d", study="imdb", trial=3),
+     "trial 3 of imdb (run 1)"),
+    (RunSpec("other", "m", "test", "d"), "other: m (run 1)"),
+])
+def test_run_label_names_stage_model_and_study(spec: RunSpec, label: str) -> None:
+    assert run_label(1, spec) == label
+
+
+def test_model_choice_and_stored_run_carry_the_same_label(store: Store) -> None:
+    run_id = save(store, "finetuned", study="imdb", model="/x/minilm")
+    (choice,) = predict.model_choices(store)
+    assert choice.label == store.get_run(run_id).label == "fine-tuned model: minilm, study imdb " \
+        f"(run {run_id})"

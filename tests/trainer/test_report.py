@@ -1,0 +1,72 @@
+"""McNemar's test of two stored runs paired on their shared reviews, and the summary table."""
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+
+from storage.records import Evaluation, Run, RunSpec
+from trainer.report import mcnemar_against, paired_mcnemar, summary
+
+
+def preds(ids: list[str], labels: list[int], probs: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"review_id": ids, "label": labels, "prob": probs})
+
+
+def make_run(run_id: int, stage: str) -> Run:
+    evaluation = Evaluation(n=4, scalars={"accuracy": 0.5}, per_class={},
+                            confusion=((1, 1), (1, 1)))
+    return Run(run_id, RunSpec(stage, "m", "test", "d"), datetime(2026, 1, 1, tzinfo=UTC),
+               evaluation)
+
+
+class FakeStore:
+    """Just the Store's predictions(), from frames given by run id."""
+
+    def __init__(self, frames: dict[int, pd.DataFrame]) -> None:
+        self.frames = frames
+
+    def predictions(self, run_id: int, *, texts: bool = True) -> pd.DataFrame:
+        return self.frames[run_id]
+
+
+def test_paired_mcnemar_pairs_shared_scored_reviews_in_any_order() -> None:
+    a = preds(["r0", "r1", "r2", "r3", "r4"], [0, 1, 1, 0, 1], [0.6, 0.4, 0.7, 0.2, math.nan])
+    b = preds(["r9", "r3", "r2", "r1", "r0"], [1, 0, 1, 1, 0], [0.9, 0.3, 0.8, 0.9, 0.1])
+    paired = paired_mcnemar(a, b)
+    # shared and scored by both: r0-r3; A is right on r2, r3; B on all four
+    assert paired.n == 4
+    assert (paired.test.b, paired.test.c) == (0, 2)
+    assert paired.test.p_value == 0.5  # two-sided exact binomial, 2 of 2
+    assert (paired.accuracy_a, paired.accuracy_b) == (0.5, 1.0)
+
+
+def test_paired_mcnemar_is_none_without_shared_reviews_and_refuses_other_labels() -> None:
+    a = preds(["r0", "r1"], [0, 1], [0.2, 0.8])
+    assert paired_mcnemar(a, preds(["x0"], [0], [0.1])) is None
+    with pytest.raises(ValueError, match="different true labels"):
+        paired_mcnemar(a, preds(["r0", "r1"], [1, 1], [0.2, 0.8]))
+
+
+def test_mcnemar_against_says_p_and_n_or_why_there_is_none() -> None:
+    store = FakeStore({1: preds(["r0", "r1", "r2"], [0, 1, 1], [0.9, 0.1, 0.2]),
+                       2: preds(["r0", "r1", "r2"], [0, 1, 1], [0.1, 0.9, 0.8]),
+                       3: preds(["x"], [0], [0.5]),
+                       4: preds(["r0"], [1], [0.5])})
+    out = mcnemar_against(store, make_run(1, "finetuned"),
+                          [make_run(2, "baseline"), make_run(3, "baseline"),
+                           make_run(4, "baseline")])
+    assert out == {2: "0.25 (n=3)", 3: "no shared reviews", 4: "scored on other data"}
+
+
+def test_summary_lists_stages_in_stage_order_with_mcnemar_against_fine_tuned() -> None:
+    frame = preds(["r0", "r1"], [0, 1], [0.2, 0.8])
+    store = FakeStore({1: frame, 2: frame, 3: frame})
+    text = summary(store, [make_run(3, "finetuned"), make_run(1, "baseline"),
+                           make_run(2, "pretrained")])
+    lines = text.splitlines()
+    assert "McNemar p vs fine-tuned" in lines[0]
+    assert [line.split()[1] for line in lines[2:]] == ["baseline", "pretrained", "finetuned"]
+    assert lines[2].rstrip().endswith("1 (n=2)") and lines[4].rstrip().endswith("–")
