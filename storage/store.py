@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import random
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Self, TypeVar
@@ -16,11 +14,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
 from storage.engine import (
-    is_transient,
     make_engine,
     normalize_url,
     open_hint,
     reason,
+    retry,
     writer,
 )
 from storage.errors import StorageError
@@ -38,7 +36,7 @@ from storage.rows import (
 )
 
 T = TypeVar("T")
-WRITE_ATTEMPTS = 6
+WRITE_ATTEMPTS = 6  # tries of one write transaction that hit a lock or serialization failure
 CHUNK = 5000
 
 RUNS = RunRow.__table__
@@ -46,11 +44,13 @@ PREDICTIONS = PredictionRow.__table__
 REVIEWS = ReviewRow.__table__
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, busy_timeout_s: float | None = None) -> Store:
     """Open (and create or migrate) the database at `url`.
 
     Args:
         url: sqlite:///path/to.db, sqlite:// (in memory) or postgresql[+psycopg]://user@host/db.
+        busy_timeout_s: how long one SQLite statement waits for another writer's lock;
+            None: storage.engine.SQLITE_BUSY_S.
 
     Returns:
         A ready Store.
@@ -58,17 +58,19 @@ def open_store(url: str) -> Store:
     Raises:
         StorageError: the URL is not supported or the database cannot be opened.
     """
-    return Store(url)
+    return Store(url, busy_timeout_s=busy_timeout_s)
 
 
 class Store:
     """Evaluated models (runs) with their metrics, curves and predictions in one database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, busy_timeout_s: float | None = None) -> None:
         """Create the engine and migrate our tables to the newest revision.
 
         Args:
             url: sqlite:///path/to.db, sqlite:// (in memory) or postgresql[+psycopg]://user@host/db.
+            busy_timeout_s: how long one SQLite statement waits for another writer's lock;
+                None: storage.engine.SQLITE_BUSY_S.
 
         Raises:
             StorageError: the URL is not supported or the database cannot be opened.
@@ -76,7 +78,7 @@ class Store:
         parsed = normalize_url(url)
         self.url = parsed.render_as_string(hide_password=False)
         self._shown = parsed.render_as_string(hide_password=True)
-        self._engine = make_engine(parsed)
+        self._engine = make_engine(parsed, busy_timeout_s)
         self._writer = writer(self._engine)
         try:
             upgrade(self._engine, self._writer)
@@ -247,19 +249,14 @@ class Store:
 
     def _write(self, work: Callable[[Connection], T], action: str) -> T:
         """Run `work` in one transaction, retrying transient lock/serialization failures."""
-        delay = 0.05
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            try:
-                with self._writer.begin() as conn:
-                    return work(conn)
-            except exc.DBAPIError as e:
-                if attempt == WRITE_ATTEMPTS or not is_transient(e):
-                    raise StorageError(self._failed(action, e)) from e
-            except exc.SQLAlchemyError as e:
-                raise StorageError(self._failed(action, e)) from e
-            time.sleep(delay * (1 + random.random()))
-            delay *= 2
-        raise AssertionError("unreachable")
+        def transaction() -> T:
+            with self._writer.begin() as conn:
+                return work(conn)
+
+        try:
+            return retry(transaction, attempts=WRITE_ATTEMPTS)
+        except exc.SQLAlchemyError as e:
+            raise StorageError(self._failed(action, e)) from e
 
     @contextmanager
     def _translated(self, action: str) -> Iterator[None]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import random
 import sqlite3
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +13,15 @@ from typing import Any, TypeVar
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from storage.engine import PG_CONNECT_TIMEOUT_S, SQLITE_BUSY_S, reason, switch_to_wal
+from storage.engine import (
+    PG_CONNECT_TIMEOUT_S,
+    SQLITE_BUSY_S,
+    normalize_url,
+    reason,
+    retry,
+    switch_to_wal,
+)
 from storage.errors import StorageError
-from storage.store import normalize_url
 from trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,12 +33,6 @@ STALE_RETRIES = 1  # a trial whose worker died is run once more with the same pa
 # A lock wait or a busy CPU can delay a heartbeat by seconds, and SQLite keeps whole seconds:
 # below GRACE_SLACK_S a tight interval would fail trials whose worker is alive.
 GRACE_SLACK_S = 5
-_TRANSIENT = (
-    "database is locked",
-    "database table is locked",
-    "deadlock detected",
-    "could not serialize access",
-)
 # Every storage call a worker makes, reads too: a reader can meet a lock while SQLite
 # checkpoints or recovers its write-ahead log.
 _RETRIED = (
@@ -64,35 +62,19 @@ _RETRIED = (
 )
 
 
-def is_transient(error: BaseException | None) -> bool:
-    """Whether an error (or one it was raised from) is a lock wait or serialization failure."""
-    seen = 0
-    while error is not None and seen < 10:
-        if any(text in str(error).lower() for text in _TRANSIENT):
-            return True
-        error, seen = error.__cause__ or error.__context__, seen + 1
-    return False
-
-
-def _retrying(method: F) -> F:
-    """Retry `method` with jittered exponential backoff while it fails transiently.
+def _patient(method: F) -> F:
+    """`method`, retried by storage.engine.retry while it fails transiently.
 
     A failed call was rolled back as a whole, so running it again cannot apply it twice.
     """
 
+    def logged(attempt: int, error: BaseException) -> None:
+        log.debug("%s: transient database error (%s), retrying", method.__name__, error)
+
     @functools.wraps(method)
     def wrapper(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        delay = 0.05
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return method(self, *args, **kwargs)
-            except Exception as e:
-                if attempt == ATTEMPTS or not is_transient(e):
-                    raise
-                log.debug("%s: transient database error (%s), retrying", method.__name__, e)
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 2.0)
-        raise AssertionError("unreachable")
+        call = functools.partial(method, self, *args, **kwargs)
+        return retry(call, attempts=ATTEMPTS, on_retry=logged)
 
     return wrapper  # type: ignore[return-value]
 
@@ -106,7 +88,7 @@ class PatientRDBStorage(RDBStorage):
 
 
 for _name in _RETRIED:
-    setattr(PatientRDBStorage, _name, _retrying(getattr(RDBStorage, _name)))
+    setattr(PatientRDBStorage, _name, _patient(getattr(RDBStorage, _name)))
 
 
 def grace_period(heartbeat: int) -> int:
@@ -114,7 +96,9 @@ def grace_period(heartbeat: int) -> int:
     return max(2 * heartbeat, heartbeat + GRACE_SLACK_S)
 
 
-def optuna_storage(url: str, heartbeat: int) -> RDBStorage:
+def optuna_storage(
+    url: str, heartbeat: int, *, busy_timeout_s: float = SQLITE_BUSY_S
+) -> RDBStorage:
     """Optuna's storage in the same database as our Store, ready for many workers.
 
     SQLite runs in WAL mode with a busy timeout, and every call retries a transient
@@ -125,6 +109,8 @@ def optuna_storage(url: str, heartbeat: int) -> RDBStorage:
     Args:
         url: sqlite:///path/to.db or postgresql[+psycopg]://user@host/db.
         heartbeat: seconds between heartbeats of a running trial; 0 turns the heartbeat off.
+        busy_timeout_s: how long one SQLite statement waits for another writer's lock before
+            it fails and the call is retried.
 
     Returns:
         The storage.
@@ -142,8 +128,8 @@ def optuna_storage(url: str, heartbeat: int) -> RDBStorage:
             "ends; pass a file such as --db sqlite:///runs/sentiment.db"
         )
     if sqlite:
-        _prepare_sqlite(Path(parsed.database))
-    connect_args = {"timeout": SQLITE_BUSY_S} if sqlite else {
+        _prepare_sqlite(Path(parsed.database), busy_timeout_s)
+    connect_args = {"timeout": busy_timeout_s} if sqlite else {
         "connect_timeout": PG_CONNECT_TIMEOUT_S
     }
     engine_kwargs: dict[str, Any] = {"connect_args": connect_args, "pool_pre_ping": not sqlite}
@@ -167,7 +153,7 @@ def optuna_storage(url: str, heartbeat: int) -> RDBStorage:
         ) from e
 
 
-def _prepare_sqlite(path: Path) -> None:
+def _prepare_sqlite(path: Path, busy_timeout_s: float) -> None:
     """Create the file's folder and switch the file to WAL, so readers never block a writer.
 
     The Store does the same; this covers a process that opens the study first. WAL is a
@@ -175,7 +161,7 @@ def _prepare_sqlite(path: Path) -> None:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_S)) as conn:
+        with contextlib.closing(sqlite3.connect(path, timeout=busy_timeout_s)) as conn:
             switch_to_wal(conn.cursor())
     except (OSError, sqlite3.Error) as e:  # opening the storage below reports it clearly
         log.debug("could not switch %s to WAL: %s", path, e)
