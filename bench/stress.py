@@ -3,8 +3,9 @@
     python -m bench stress --workers 8 --trials 5 [--backends sqlite,postgresql] [--out FILE]
 
 Each worker is a real process on the real storage path (Optuna's RDBStorage through
-trainer.tuning.storage.optuna_storage, our Store's per-trial rows); only the training is faked, exactly
-as tests/trainer/tuning/test_workers.py fakes it, so the figure is the storage path's throughput.
+trainer.tuning.storage.optuna_storage, our Store's per-trial rows); only the training is faked,
+exactly as tests/trainer/tuning/test_workers.py fakes it, so the figure is the storage path's
+throughput.
 SQLite lives in a temporary folder; PostgreSQL (TEST_DATABASE_URL, else the local server) in a
 fresh schema that is dropped afterwards. Prints one JSON object per backend.
 """

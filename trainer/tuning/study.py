@@ -1,50 +1,97 @@
 """Stage 3: the Optuna study that fine-tunes a fresh transformer per trial, scored on validation.
 
-Pruner: MedianPruner(n_startup_trials=2, n_warmup_steps=1), chosen by measurement. Optuna's TPE
-ran 200 seeded studies per setting on simulated fine-tuning curves (linear warmup/decay schedule,
-epochs 1-5 from the search space, 200 training reviews, binomial noise of a 200-review
-validation set; simulated because 2 CPU cores cannot afford enough real MiniLM curves, and
-scored by each best trial's noise-free accuracy). At an equal budget of epochs, the best
-trial found was truly better than with no pruner by +1.8 ± 0.4 accuracy points (9 epochs, about
-3 trials), +0.8 ± 0.2 (24 epochs) and +0.5 ± 0.2 (64 epochs); Optuna's default startup of 5
-never prunes the 3-trial studies a CPU runs (+0.0) and Hyperband did no better (+1.2, +0.4,
-+0.7). At a fixed trial count it saves 12% (3 trials), 29% (8) and 34% (20) of the epochs for
-at most 0.2 points lost, inside the noise. The last epoch of a trial is never pruned: nothing
-would be saved.
+The pruner, MedianPruner(n_startup_trials=2, n_warmup_steps=1), was chosen by measurement on
+simulated fine-tuning curves (bench/results/README.md); a trial's last epoch is never pruned.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import optuna
 
 from trainer.config import Config
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, TrainingDiverged, TrialFailed
 from trainer.splits import Split
-from trainer.tuning.trials import EPOCH_METRICS, FAIL_REASON, TrialRecord, log_trial, quiet_optuna
 from trainer.tuning.artifacts import KEEP_ARTIFACTS, keep_best_artifacts, study_dir_name
 from trainer.tuning.space import resolve_space, suggest
 from trainer.tuning.storage import optuna_storage
+from trainer.tuning.trials import EPOCH_METRICS, FAIL_REASON, TrialRecord, log_trial, quiet_optuna
 
 log = logging.getLogger(__name__)
 
-class TrialFailed(TrainerError):
-    """A trial could not finish (training diverged, out of memory); the study goes on."""
+
+class TrainModel(Protocol):
+    """What a trial calls to train and save one model (`fine_tune_and_save` by default).
+
+    It trains a fresh `model` on `train` with `params`, calls `on_epoch(epoch, validation
+    positive-class probabilities)` after every epoch (epochs from 1; what on_epoch raises, such
+    as optuna.TrialPruned, must propagate unchanged), may use `work_dir` (deleted afterwards)
+    and saves the trained model into the folder `save_to`, whose path it returns. It frees
+    what it holds before returning or raising. Raising trainer.errors.TrainingDiverged,
+    MemoryError or an "out of memory" RuntimeError fails the trial and the
+    study goes on; anything else stops the study.
+    """
+
+    def __call__(self, model: str, train: Split, validation: Split, params: dict[str, Any], *,
+                 max_length: int, seed: int, on_epoch: Callable[[int, np.ndarray], None],
+                 work_dir: str, save_to: Path) -> Path: ...
+
+
+def fine_tune_and_save(model: str, train: Split, validation: Split, params: dict[str, Any], *,
+                       max_length: int, seed: int, on_epoch: Callable[[int, np.ndarray], None],
+                       work_dir: str, save_to: Path) -> Path:
+    """The default TrainModel: trainer.transformer.finetune.fine_tune, then save the classifier.
+
+    Args:
+        model: hub id, local directory or OFFLINE_MODELS name (config.model).
+        train: the reviews to fine-tune on.
+        validation: the reviews scored after every epoch.
+        params: the trial's fine-tuning parameters.
+        max_length: tokens kept per review.
+        seed: seeds the head's initialisation, shuffling and dropout.
+        on_epoch: the trial's per-epoch scorer.
+        work_dir: the Trainer's working directory.
+        save_to: where the trained classifier is saved.
+
+    Returns:
+        The saved model folder.
+
+    Raises:
+        ModelError: the model cannot be loaded or saved.
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    from trainer.transformer import finetune
+    from trainer.transformer import model as transformer
+
+    try:
+        clf = finetune.fine_tune(
+            transformer.resolve_model(model), train.texts, train.labels, validation.texts,
+            validation.labels, params, max_length=max_length, output_dir=work_dir, seed=seed,
+            on_epoch=on_epoch,
+        )
+        return transformer.save_classifier(clf, save_to)
+    finally:
+        clf = None  # the model's memory is freed now, not at the next trial
+        transformer.free_memory()
 
 
 def make_pruner() -> optuna.pruners.BasePruner:
-    """The pruner every process of a study uses (chosen by measurement, see the module doc)."""
+    """The pruner a process uses unless given one (chosen by measurement, see the module doc)."""
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
 
 
-def open_study(config: Config, *, create: bool, seed: int | None = None) -> optuna.Study:
+def open_study(config: Config, *, create: bool, seed: int | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """Open (or create) the study `config.study` in the database `config.db`.
 
     Args:
@@ -52,6 +99,7 @@ def open_study(config: Config, *, create: bool, seed: int | None = None) -> optu
         create: create the study when it is missing; False: it must exist.
         seed: the TPE sampler's seed; by default config.seed plus the number of trials the study
             already has, so a resumed study draws new parameters rather than the first ones again.
+        pruner: this process's pruner (Optuna keeps none in the database); make_pruner() if None.
 
     Returns:
         The study (direction maximize: validation accuracy).
@@ -73,7 +121,8 @@ def open_study(config: Config, *, create: bool, seed: int | None = None) -> optu
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     with quiet_optuna():  # not "A new study created" / "Using an existing study" every time
         return optuna.create_study(storage=storage, study_name=name, sampler=sampler,
-                                   pruner=make_pruner(), direction="maximize",
+                                   pruner=pruner if pruner is not None else make_pruner(),
+                                   direction="maximize",
                                    load_if_exists=True)
 
 
@@ -86,7 +135,9 @@ def _missing_study(name: str, url: str) -> str:
 
 
 def tune(config: Config, train: Split, validation: Split, store: Any, *, n_trials: int,
-         progress: bool = True, data_source: str | None = None) -> optuna.Study:
+         progress: bool = True, data_source: str | None = None,
+         train_model: TrainModel | None = None,
+         pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """Create or resume the study and run `n_trials` more trials in this process.
 
     Args:
@@ -97,28 +148,36 @@ def tune(config: Config, train: Split, validation: Split, store: Any, *, n_trial
         n_trials: how many trials to add.
         progress: show a progress bar over trials.
         data_source: where the reviews came from (stored with the runs); config.data if None.
+        train_model: trains and saves one trial's model (see TrainModel); None:
+            fine_tune_and_save, once config.model is known to exist.
+        pruner: this process's pruner; make_pruner() if None.
 
     Returns:
         The study.
 
     Raises:
         ConfigError: the search space is malformed.
+        ModelError: train_model is None and config.model cannot be found.
         KeyboardInterrupt: Ctrl-C; the running trial is stored as FAIL, finished ones stay.
     """
     resolve_space(config.search_space)
-    study = open_study(config, create=True)
-    return _optimize(study, config, train, validation, store, n_trials, progress, data_source)
+    study = open_study(config, create=True, pruner=pruner)
+    return _optimize(study, config, train, validation, store, n_trials, progress,
+                     data_source, train_model)
 
 
 def work(config: Config, train: Split, validation: Split, store: Any, *, n_trials: int,
-         progress: bool = True, data_source: str | None = None) -> optuna.Study:
+         progress: bool = True, data_source: str | None = None,
+         train_model: TrainModel | None = None,
+         pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """Join an existing study as one more worker (any process or machine) and run `n_trials`.
 
     Its sampler is seeded from the clock and process id: workers seeded alike would all draw
     the same parameters.
 
     Args:
-        config, train, validation, store, n_trials, data_source: as for `tune`.
+        config, train, validation, store, n_trials, progress, data_source, train_model, pruner:
+            as for `tune`.
 
     Returns:
         The study.
@@ -127,8 +186,9 @@ def work(config: Config, train: Split, validation: Split, store: Any, *, n_trial
         TrainerError: the study does not exist yet.
     """
     resolve_space(config.search_space)
-    study = open_study(config, create=False, seed=_worker_seed())
-    return _optimize(study, config, train, validation, store, n_trials, progress, data_source)
+    study = open_study(config, create=False, seed=_worker_seed(), pruner=pruner)
+    return _optimize(study, config, train, validation, store, n_trials, progress,
+                     data_source, train_model)
 
 
 def _worker_seed() -> int:
@@ -137,14 +197,17 @@ def _worker_seed() -> int:
 
 
 def _optimize(study: optuna.Study, config: Config, train: Split, validation: Split, store: Any,
-              n_trials: int, progress: bool, data_source: str | None) -> optuna.Study:
-    from trainer.transformer import model as transformer
-
+              n_trials: int, progress: bool, data_source: str | None,
+              train_model: TrainModel | None) -> optuna.Study:
     if config.max_length is None:
+        from trainer.transformer import model as transformer
+
         config = config.sized_for(transformer.default_device())
-    # A bad --model fails here in one line, not as a FAIL trial with Optuna's traceback.
-    transformer.check_location(transformer.resolve_model(config.model))
-    objective = _Objective(config, train, validation, store, data_source or config.data)
+    if train_model is None:
+        _check_model(config.model)
+        train_model = fine_tune_and_save
+    objective = _Objective(config, train, validation, store, data_source or config.data,
+                           train_model)
     with quiet_optuna():
         study.optimize(objective, n_trials=n_trials, catch=(TrialFailed,),
                        callbacks=[keep_best_artifacts(objective.artifacts, KEEP_ARTIFACTS),
@@ -152,69 +215,70 @@ def _optimize(study: optuna.Study, config: Config, train: Split, validation: Spl
     return study
 
 
+def _check_model(name: str) -> None:
+    """A bad --model fails here in one line, not as a FAIL trial with Optuna's traceback."""
+    from trainer.transformer import model as transformer
+
+    transformer.check_location(transformer.resolve_model(name))
+
+
 # --- one trial -----------------------------------------------------------------------------
 
 
 @dataclass
 class _Objective:
-    """Fine-tune a fresh model with the trial's parameters; the value is validation accuracy."""
+    """Train a fresh model with the trial's parameters; the value is validation accuracy."""
 
     config: Config
     train: Split
     validation: Split
     store: Any
     data_source: str
+    train_model: TrainModel
     artifacts: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.artifacts = Path(self.config.artifacts).resolve() / study_dir_name(self.config.study)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from trainer.transformer import model as transformer
-
         params = suggest(trial, self.config.search_space)
         trial.set_user_attr(EPOCH_METRICS, [])  # a retried trial inherits its original's attrs
         record = TrialRecord(self.config, self.validation, self.store, self.data_source, trial,
                              params)
         try:
-            return self._train(transformer, record)
+            return self._train(record)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
             _set_fail_reason(trial, "interrupted (Ctrl-C) while training")
             raise
         except Exception as e:
-            reason = _failure_reason(e, transformer)
+            reason = _failure_reason(e)
             if reason is None:
                 raise
             _set_fail_reason(trial, reason)
             raise TrialFailed(f"trial {trial.number} failed: {reason}") from e
-        finally:
-            transformer.free_memory()
 
-    def _train(self, transformer: Any, record: TrialRecord) -> float:
-        from trainer.transformer import finetune
-
-        c, train, val = self.config, self.train, self.validation
+    def _train(self, record: TrialRecord) -> float:
+        c = self.config
         with tempfile.TemporaryDirectory(prefix="sentiment-trial-",
                                          ignore_cleanup_errors=True) as work_dir:
-            clf = finetune.fine_tune(
-                transformer.resolve_model(c.model), train.texts, train.labels, val.texts,
-                val.labels, record.params, max_length=c.max_length, output_dir=work_dir,
-                seed=c.seed, on_epoch=record.on_epoch,
+            saved = self.train_model(
+                c.model, self.train, self.validation, record.params, max_length=c.max_length,
+                seed=c.seed, on_epoch=record.on_epoch, work_dir=work_dir,
+                save_to=self.artifacts / f"trial-{record.trial.number}",
             )
         if record.last is None:
+            shutil.rmtree(saved, ignore_errors=True)
             raise TrainerError("training ended without a validation pass; nothing to score")
-        target = self.artifacts / f"trial-{record.trial.number}"
-        saved = transformer.save_classifier(clf, target)
         record.save(artifact=str(Path(saved).resolve()))
         return record.accuracy
 
 
-def _failure_reason(error: Exception, transformer: Any) -> str | None:
+def _failure_reason(error: Exception) -> str | None:
     """Why a trial failed, when it is a failure the study should survive; None otherwise."""
     text = " ".join(str(error).split())[:300]
-    if isinstance(error, transformer.TrainingDiverged):
+    if isinstance(error, TrainingDiverged):
         return f"training diverged: {text}"
     oom = ("out of memory", "can't allocate memory", "cannot allocate memory")
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (

@@ -1,4 +1,4 @@
-"""A trial's record (per-epoch runs, user attrs) and the study's logging: log_trial, quiet_optuna."""
+"""A trial's record (per-epoch runs, user attrs) and study logging: log_trial, quiet_optuna."""
 from __future__ import annotations
 
 import contextlib

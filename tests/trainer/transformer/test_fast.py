@@ -88,7 +88,8 @@ def test_deberta_keeps_its_layers_and_is_traced(deberta) -> None:
     assert type(fast.model.base_model.encoder.layer[-1]).__name__ == "DebertaV2Layer"
     # Its Linear layers still get packed weights where torch has oneDNN.
     linears = [m for m in fast.model.modules() if isinstance(m, torch.nn.Linear | OneDNNLinear)]
-    assert all(isinstance(m, OneDNNLinear) for m in linears) is torch.backends.mkldnn.is_available()
+    assert (all(isinstance(m, OneDNNLinear) for m in linears)
+            is torch.backends.mkldnn.is_available())
     eager = _eager(deberta, REVIEWS)
     assert eager.max() - eager.min() > 0.5  # distinct scores: a swap would show
     np.testing.assert_allclose(fast.predict_proba(REVIEWS, batch_size=3), eager, atol=1e-5)

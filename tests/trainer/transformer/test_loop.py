@@ -12,7 +12,7 @@ PARAMS = {"learning_rate": 5e-3, "warmup_ratio": 0.1, "num_train_epochs": 2,
 
 
 def _task(n: int, seed: int) -> tuple[list[str], np.ndarray]:
-    """Separable reviews: positives say "wonderful" thrice, negatives "dreadful", with filler words."""
+    """Separable reviews: positives say "wonderful" thrice, negatives "dreadful", among filler."""
     rng = np.random.default_rng(seed)
     filler = ["the", "a", "movie", "film", "plot", "actor", "scene", "story", "it", "was", "and"]
     labels = rng.integers(0, 2, n)
@@ -114,7 +114,7 @@ def test_an_error_raised_in_on_epoch_propagates_unchanged(clf) -> None:
 
 
 def test_a_nan_loss_raises_training_diverged(clf) -> None:
-    from trainer.transformer.model import TrainingDiverged
+    from trainer.errors import TrainingDiverged
 
     with torch.no_grad():
         clf.model.classifier.weight.fill_(float("nan"))
@@ -131,3 +131,49 @@ def test_missing_parameters_are_named(clf) -> None:
         loop.train_fast(clf.model, clf.tokenizer, ["x"], [1], [], {"learning_rate": 1e-3,
                         "num_train_epochs": 1, "per_device_train_batch_size": 1,
                         "weight_decay": 0.0}, max_length=16, seed=0)
+
+
+def test_unknown_parameters_are_refused(clf) -> None:
+    from trainer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown fine-tuning parameters \['dropout'\]"):
+        loop.train_fast(clf.model, clf.tokenizer, ["x"], [1], [], {**PARAMS, "dropout": 0.1},
+                        max_length=16, seed=0)
+
+
+def test_tokens_per_batch_sets_the_reviews_per_step(clf) -> None:
+    texts, labels = _task(32, seed=7)  # all under 64 tokens: one bucket of width 64
+    steps: list[int] = []
+    loop.train_fast(clf.model, clf.tokenizer, texts, labels, [],
+                    {**PARAMS, "num_train_epochs": 1, "tokens_per_batch": 512.0}, max_length=64,
+                    seed=0, on_step=lambda step, n: steps.append(n))
+    assert steps == [8, 8, 8, 8]  # 512 tokens / 64 per review
+
+
+def _lrs(optimizer: torch.optim.Optimizer, scheduler, total: int) -> list[float]:
+    """The learning rate each of `total` optimizer steps uses."""
+    seen = []
+    for _ in range(total):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return seen
+
+
+def test_the_schedule_is_transformers_linear_warmup_then_decay(clf) -> None:
+    from transformers import get_linear_schedule_with_warmup
+
+    lr, total, ratio = 1e-3, 50, 0.13
+    warmup = 6  # int(0.13 * 50): the warmup is the whole steps of warmup_ratio * total
+    optimizer, scheduler = loop.make_optimizer(clf.model, lr, {**PARAMS, "warmup_ratio": ratio},
+                                               total, torch.device("cpu"))
+    ours = _lrs(optimizer, scheduler, total)
+    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    library = _lrs(reference, get_linear_schedule_with_warmup(reference, warmup, total), total)
+
+    assert ours[0] == library[0] == 0.0  # step 0: the warmup starts from zero
+    assert ours[warmup - 1] == pytest.approx(lr * (warmup - 1) / warmup)
+    assert ours[warmup] == pytest.approx(library[warmup]) == pytest.approx(lr)  # warmup ends
+    assert ours[-1] == pytest.approx(library[-1]) == pytest.approx(lr / (total - warmup))
+    assert ours == pytest.approx(library, abs=1e-12)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [PARAMS["weight_decay"], 0.0]

@@ -10,11 +10,12 @@ import pytest
 import torch
 import transformers
 
-from trainer.transformer import finetune
-from trainer.transformer.attribution import explain
-from trainer.transformer import model as transformer
-from trainer.errors import ConfigError, ModelError
+from trainer.errors import ConfigError, ModelError, TrainingDiverged
 from trainer.explanation import Contribution
+from trainer.transformer import finetune
+from trainer.transformer import model as transformer
+from trainer.transformer.attribution import explain
+from trainer.transformer.params import resolve as resolve_params
 
 POSITIVE_WORDS = ["great", "wonderful", "brilliant", "moving", "superb", "delightful"]
 NEGATIVE_WORDS = ["awful", "boring", "dreadful", "terrible", "dull", "clumsy"]
@@ -152,7 +153,8 @@ def test_minilm_offline_has_no_sentiment_head() -> None:
     assert minilm.new_head and minilm.name == "minilm-offline"
 
 
-def test_directory_with_only_pickle_weights_is_refused(tmp_path: Path, tiny_model_dir: str) -> None:
+def test_directory_with_only_pickle_weights_is_refused(tmp_path: Path,
+                                                       tiny_model_dir: str) -> None:
     (tmp_path / "config.json").write_text(Path(tiny_model_dir, "config.json").read_text())
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(ModelError, match="pickle"):
@@ -279,7 +281,7 @@ def test_fine_tune_stops_when_the_loss_becomes_nan(
                         lambda *a, **k: real(*a, **k) * float("nan"))
     calls = []
     texts, labels = synthetic_reviews(8)
-    with pytest.raises(transformer.TrainingDiverged, match="lower the learning rate"):
+    with pytest.raises(TrainingDiverged, match="lower the learning rate"):
         finetune.fine_tune(tiny_model_dir, texts, labels, texts[:4], labels[:4], PARAMS,
                            max_length=16, output_dir=tmp_path, seed=0, device="cpu",
                            on_epoch=lambda *args: calls.append(args))
@@ -316,22 +318,25 @@ def test_fine_tune_rejects_unknown_parameters(tiny_model_dir: str, tmp_path: Pat
                            {"learning_rat": 1e-3}, max_length=16, output_dir=tmp_path, seed=0)
 
 
-@pytest.mark.parametrize(("ratio", "steps"), [(0.0, 0), (0.1, 10), (0.25, 25), (1.0, 100)])
+@pytest.mark.parametrize(("ratio", "steps"), [(0.0, 0), (0.1, 10), (0.25, 25), (0.999, 100)])
 def test_warmup_ratio_is_a_share_of_the_total_steps(tmp_path: Path, ratio: float,
                                                     steps: int) -> None:
-    hp = finetune._hyperparameters({"warmup_ratio": ratio})
+    hp = resolve_params({"warmup_ratio": ratio})
     args = finetune._training_args(hp, tmp_path, seed=0, cuda=False, progress=False)
     assert args.get_warmup_steps(100) == steps
 
 
-@pytest.mark.parametrize("params", [{"warmup_ratio": 1.5}, {"learning_rate": 0.0},
+@pytest.mark.parametrize("params", [{"warmup_ratio": 1.0}, {"learning_rate": 0.0},
                                     {"num_train_epochs": 0}, {"weight_decay": -1.0}])
-def test_out_of_range_parameters_are_refused(params: dict) -> None:
-    with pytest.raises(ConfigError, match=next(iter(params))):
-        finetune._hyperparameters(params)
+def test_out_of_range_parameters_are_refused_before_loading(params: dict, tmp_path: Path) -> None:
+    texts, labels = synthetic_reviews(4)
+    with pytest.raises(ConfigError, match=f"fine-tuning parameter {next(iter(params))} must"):
+        finetune.fine_tune("no-such-model", texts, labels, texts, labels, params,
+                           max_length=16, output_dir=tmp_path, seed=0)
 
 
-def test_saved_classifier_loads_back_with_the_same_predictions(tuned: dict, tmp_path: Path) -> None:
+def test_saved_classifier_loads_back_with_the_same_predictions(tuned: dict,
+                                                               tmp_path: Path) -> None:
     directory = transformer.save_classifier(tuned["clf"], tmp_path / "model")
     assert (directory / "model.safetensors").is_file()
     assert not list(directory.glob("*.bin"))

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,16 +14,14 @@ import pytest
 from optuna.trial import TrialState
 
 from storage.store import open_store
-from trainer.transformer import finetune
-from trainer.transformer import model as transformer
+from trainer.config import Config
+from trainer.errors import ConfigError, ModelError, TrainerError, TrainingDiverged
+from trainer.report import study_entries
+from trainer.splits import Split
 from trainer.tuning import artifacts
 from trainer.tuning import space as search_space
 from trainer.tuning import storage as tuning_storage
 from trainer.tuning import study as tuning
-from trainer.config import Config
-from trainer.errors import ConfigError, TrainerError
-from trainer.report import study_entries
-from trainer.splits import Split
 from trainer.tuning.trials import EPOCH_METRICS, FAIL_REASON, log_trial
 
 POSITIVE = ["great", "wonderful", "superb", "loved", "brilliant", "moving"]
@@ -71,47 +69,38 @@ def make_config(db: str, tmp_path: Path, model: str = "unused", **overrides: Any
     return Config(**{**values, **overrides})
 
 
-class FakeClassifier:
-    def __init__(self, params: dict[str, Any]) -> None:
-        self.params = params
+class FakeTraining:
+    """Instant "training" (a TrainModel): a share of validation reviews right that grows with lr
+    and epochs, and a two-file model folder; every call's arguments are kept."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, model: str, train: Split, validation: Split, params: dict[str, Any], *,
+                 max_length: int, seed: int, on_epoch: Callable[[int, np.ndarray], None],
+                 work_dir: str, save_to: Path) -> Path:
+        self.calls.append({"model": model, "train": train, "validation": validation,
+                           "params": dict(params), "max_length": max_length, "seed": seed,
+                           "work_dir_existed": Path(work_dir).is_dir(), "save_to": save_to})
+        labels = np.asarray(validation.labels)
+        epochs = params["num_train_epochs"]
+        skill = min(0.5, params["learning_rate"] * 5000)
+        for epoch in range(1, epochs + 1):
+            right = round(len(labels) * (0.5 + skill * epoch / epochs))
+            hit = np.arange(len(labels)) < right
+            on_epoch(epoch, np.where(hit == (labels == 1), 0.8, 0.2))
+        save_to.mkdir(parents=True, exist_ok=True)
+        (save_to / "config.json").write_text(json.dumps(params))
+        (save_to / "model.safetensors").write_bytes(b"fake")
+        return save_to
 
 
-def fake_fine_tune(model: str, train_texts: Any, train_labels: Any, val_texts: Any,
-                   val_labels: Any, params: dict[str, Any], *, max_length: int, output_dir: Any,
-                   seed: int, on_epoch: Any = None, **_: Any) -> FakeClassifier:
-    """Instant "training": a share of validation reviews right that grows with lr and epochs."""
-    labels = np.asarray(val_labels)
-    epochs = params["num_train_epochs"]
-    skill = min(0.5, params["learning_rate"] * 5000)
-    for epoch in range(1, epochs + 1):
-        right = round(len(labels) * (0.5 + skill * epoch / epochs))
-        hit = np.arange(len(labels)) < right
-        probs = np.where(hit == (labels == 1), 0.8, 0.2)
-        on_epoch(epoch, probs)
-    return FakeClassifier(params)
-
-
-def fake_save_classifier(clf: FakeClassifier, directory: Any) -> Path:
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "config.json").write_text(json.dumps(clf.params))
-    (target / "model.safetensors").write_bytes(b"fake")
-    return target
-
-
-@pytest.fixture
-def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Instant training and saving; no pruning, so each test decides the trials' states.
-
-    Returns:
-        One entry per call of free_memory (a full gc.collect takes a second with torch loaded).
-    """
-    freed: list[int] = []
-    monkeypatch.setattr(finetune, "fine_tune", fake_fine_tune)
-    monkeypatch.setattr(transformer, "save_classifier", fake_save_classifier)
-    monkeypatch.setattr(transformer, "free_memory", lambda: freed.append(1))
-    monkeypatch.setattr(tuning, "make_pruner", optuna.pruners.NopPruner)
-    return freed
+def run_tune(config: Config, store: Any, n_trials: int, *, train_model: Any = None,
+             pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """tune with instant training and, unless told otherwise, no pruning: each test decides."""
+    return tuning.tune(config, TRAIN, VALIDATION, store, n_trials=n_trials, progress=False,
+                       train_model=train_model or FakeTraining(),
+                       pruner=pruner or optuna.pruners.NopPruner())
 
 
 def trial_dirs(config: Config) -> set[str]:
@@ -161,12 +150,13 @@ def test_three_trial_study_stores_validation_runs_with_predictions(
 
 
 def test_resuming_adds_trials_with_contiguous_numbers_and_no_duplicates(
-    file_db_url: str, tmp_path: Path, fake_training: list[int], store_for: Callable[[str], Any]
+    file_db_url: str, tmp_path: Path, store_for: Callable[[str], Any]
 ) -> None:
     config = make_config(file_db_url, tmp_path)
     store = store_for(file_db_url)
+    training = FakeTraining()
     for _ in range(3):
-        study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=2, progress=False)
+        study = run_tune(config, store, 2, train_model=training)
 
     numbers = [t.number for t in study.get_trials(deepcopy=False)]
     assert numbers == list(range(6))
@@ -174,12 +164,11 @@ def test_resuming_adds_trials_with_contiguous_numbers_and_no_duplicates(
     assert sorted(r.spec.trial for r in rows) == numbers
     lrs = [t.params["learning_rate"] for t in study.get_trials(deepcopy=False)]
     assert len(set(lrs)) == len(lrs), "a resumed study must not redraw the first parameters"
-    assert len(fake_training) == 6  # memory freed after every trial
+    assert len(training.calls) == 6
 
 
 def test_ctrl_c_leaves_no_running_trial_and_resume_goes_on(
-    sqlite_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
-    store_for: Callable[[str], Any]
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
 ) -> None:
     config = make_config(sqlite_url, tmp_path, search_space={
         **FAST_SPACE, "num_train_epochs": {"low": 2, "high": 2}})
@@ -194,12 +183,11 @@ def test_ctrl_c_leaves_no_running_trial_and_resume_goes_on(
             if calls["n"] % 2 == 0 and epoch == 1:
                 raise KeyboardInterrupt
 
-        return fake_fine_tune(*args, on_epoch=epoch_then_stop, **kwargs)
+        return FakeTraining()(*args, on_epoch=epoch_then_stop, **kwargs)
 
-    monkeypatch.setattr(finetune, "fine_tune", interrupted_in_second_epoch)
     for _ in range(5):  # each session: one trial finishes, the next is interrupted
         with pytest.raises(KeyboardInterrupt):
-            tuning.tune(config, TRAIN, VALIDATION, store, n_trials=3, progress=False)
+            run_tune(config, store, 3, train_model=interrupted_in_second_epoch)
 
     study = tuning.open_study(config, create=False)
     trials = study.get_trials(deepcopy=False)
@@ -212,15 +200,14 @@ def test_ctrl_c_leaves_no_running_trial_and_resume_goes_on(
 
 
 def test_search_space_overrides_are_respected(
-    sqlite_url: str, tmp_path: Path, fake_training: None, store_for: Callable[[str], Any]
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
 ) -> None:
     space = {"learning_rate": {"low": 2e-5, "high": 3e-5, "log": True},
              "num_train_epochs": {"low": 2, "high": 2},
              "per_device_train_batch_size": {"choices": [4, 12]},
              "weight_decay": {"choices": [0.03]}}
     config = make_config(sqlite_url, tmp_path, search_space=space)
-    study = tuning.tune(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=4,
-                        progress=False)
+    study = run_tune(config, store_for(sqlite_url), 4)
 
     for t in study.get_trials(deepcopy=False):
         assert 2e-5 <= t.params["learning_rate"] <= 3e-5
@@ -231,9 +218,10 @@ def test_search_space_overrides_are_respected(
 
 
 @pytest.mark.parametrize(("space", "words"), [
-    ({"dropout": {"low": 0, "high": 1}}, "unknown hyperparameters ['dropout']"),
+    ({"dropout": {"low": 0, "high": 1}}, "unknown fine-tuning parameters ['dropout']"),
     ({"learning_rate": {"low": 1e-3, "high": 1e-5}}, "above high"),
-    ({"learning_rate": {"low": 0, "high": 1e-5}}, "must be >"),
+    ({"learning_rate": {"low": 0, "high": 1e-5}}, "learning_rate must be a number in (0, 1]"),
+    ({"warmup_ratio": {"choices": [0.1, 1.0]}}, "warmup_ratio must be a number in [0, 1)"),
     ({"warmup_ratio": {"low": 0.0, "high": 0.1, "log": True}}, "low above 0"),
     ({"num_train_epochs": {"low": 1.5, "high": 3}}, "whole number"),
     ({"per_device_train_batch_size": {"choices": []}}, "no choices"),
@@ -242,7 +230,7 @@ def test_search_space_overrides_are_respected(
     ({"weight_decay": {"low": 0, "hi": 1}}, "must be like"),
 ])
 def test_malformed_search_space_is_refused(space: dict, words: str) -> None:
-    with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(words)):
         search_space.resolve_space(space)
 
 
@@ -250,17 +238,15 @@ def test_a_malformed_search_space_stops_tune_before_any_trial(
     sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
 ) -> None:
     config = make_config(sqlite_url, tmp_path, search_space={"dropout": {"low": 0, "high": 1}})
-    with pytest.raises(ConfigError, match="unknown hyperparameters"):
-        tuning.tune(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=1,
-                    progress=False)
+    with pytest.raises(ConfigError, match="unknown fine-tuning parameters"):
+        run_tune(config, store_for(sqlite_url), 1)
     assert optuna.get_all_study_names(sqlite_url) == []
 
 
 def test_diverged_or_out_of_memory_trial_fails_with_reason_and_study_goes_on(
-    file_db_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
-    store_for: Callable[[str], Any]
+    file_db_url: str, tmp_path: Path, store_for: Callable[[str], Any]
 ) -> None:
-    failures = {1: transformer.TrainingDiverged("the training loss became nan at step 3"),
+    failures = {1: TrainingDiverged("the training loss became nan at step 3"),
                 2: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                 3: MemoryError()}
     calls = {"n": 0}
@@ -269,12 +255,11 @@ def test_diverged_or_out_of_memory_trial_fails_with_reason_and_study_goes_on(
         calls["n"] += 1
         if calls["n"] - 1 in failures:
             raise failures[calls["n"] - 1]
-        return fake_fine_tune(*args, **kwargs)
+        return FakeTraining()(*args, **kwargs)
 
-    monkeypatch.setattr(finetune, "fine_tune", sometimes_failing)
     config = make_config(file_db_url, tmp_path)
     store = store_for(file_db_url)
-    study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=5, progress=False)
+    study = run_tune(config, store, 5, train_model=sometimes_failing)
 
     trials = study.get_trials(deepcopy=False)
     assert states(study)[1:4] == [TrialState.FAIL] * 3
@@ -287,23 +272,22 @@ def test_diverged_or_out_of_memory_trial_fails_with_reason_and_study_goes_on(
 
 
 def test_each_trial_ends_in_one_short_line_instead_of_optunas_info_lines(
-    sqlite_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
-    store_for: Callable[[str], Any], caplog: pytest.LogCaptureFixture,
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any],
+    caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str]
 ) -> None:
     def second_diverges(*args: Any, **kwargs: Any) -> Any:
         if len(calls) == 1:
             calls.append(1)
-            raise transformer.TrainingDiverged("the training loss became nan at step 3")
+            raise TrainingDiverged("the training loss became nan at step 3")
         calls.append(1)
-        return fake_fine_tune(*args, **kwargs)
+        return FakeTraining()(*args, **kwargs)
 
     calls: list[int] = []
-    monkeypatch.setattr(finetune, "fine_tune", second_diverges)
     caplog.set_level("INFO", logger="trainer.tuning.trials")
     verbosity = optuna.logging.get_verbosity()
-    tuning.tune(make_config(sqlite_url, tmp_path), TRAIN, VALIDATION, store_for(sqlite_url),
-                n_trials=3, progress=False)
+    run_tune(make_config(sqlite_url, tmp_path), store_for(sqlite_url), 3,
+             train_model=second_diverges)
 
     lines = [r.getMessage() for r in caplog.records if r.name == "trainer.tuning.trials"]
     assert [line.split(":")[0] for line in lines] == ["trial 0", "trial 1", "trial 2"]
@@ -329,16 +313,14 @@ def test_a_pruned_trial_is_logged_with_its_last_epoch(caplog: pytest.LogCaptureF
 
 
 def test_an_unexpected_error_stops_the_study_and_is_not_hidden(
-    sqlite_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
-    store_for: Callable[[str], Any]
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
 ) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("a bug")
 
-    monkeypatch.setattr(finetune, "fine_tune", broken)
     config = make_config(sqlite_url, tmp_path)
     with pytest.raises(ValueError, match="a bug"):
-        tuning.tune(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=3, progress=False)
+        run_tune(config, store_for(sqlite_url), 3, train_model=broken)
     assert states(tuning.open_study(config, create=False)) == [TrialState.FAIL]
 
 
@@ -348,14 +330,12 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_pruned_trials_keep_their_rows(
-    sqlite_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
-    store_for: Callable[[str], Any]
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
 ) -> None:
-    monkeypatch.setattr(tuning, "make_pruner", AlwaysPrune)
     config = make_config(sqlite_url, tmp_path, search_space={
         **FAST_SPACE, "num_train_epochs": {"low": 3, "high": 3}})
     store = store_for(sqlite_url)
-    study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=3, progress=False)
+    study = run_tune(config, store, 3, pruner=AlwaysPrune())
 
     assert states(study) == [TrialState.PRUNED] * 3
     assert all(list(t.intermediate_values) == [1] for t in study.get_trials(deepcopy=False))
@@ -367,24 +347,21 @@ def test_pruned_trials_keep_their_rows(
 
 
 def test_the_last_epoch_is_never_pruned(
-    sqlite_url: str, tmp_path: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch,
-    store_for: Callable[[str], Any]
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
 ) -> None:
-    monkeypatch.setattr(tuning, "make_pruner", AlwaysPrune)
     config = make_config(sqlite_url, tmp_path, search_space={
         **FAST_SPACE, "num_train_epochs": {"low": 1, "high": 1}})
-    study = tuning.tune(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=2,
-                        progress=False)
+    study = run_tune(config, store_for(sqlite_url), 2, pruner=AlwaysPrune())
     assert states(study) == [TrialState.COMPLETE] * 2
 
 
 def test_only_the_best_two_trials_keep_their_model(
-    sqlite_url: str, tmp_path: Path, fake_training: None, store_for: Callable[[str], Any]
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
 ) -> None:
     config = make_config(sqlite_url, tmp_path, search_space={
         **FAST_SPACE, "learning_rate": {"low": 1e-6, "high": 1e-4, "log": True}})
     store = store_for(sqlite_url)
-    study = tuning.tune(config, TRAIN, VALIDATION, store, n_trials=6, progress=False)
+    study = run_tune(config, store, 6)
 
     ranked = sorted(study.get_trials(deepcopy=False), key=lambda t: (-t.value, t.number))
     assert trial_dirs(config) == {f"trial-{t.number}" for t in ranked[:2]}
@@ -392,16 +369,67 @@ def test_only_the_best_two_trials_keep_their_model(
     assert best is not None and Path(best).name == f"trial-{study.best_trial.number}"
 
 
+def test_the_training_function_gets_the_trial_s_data_params_and_folders(
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
+) -> None:
+    config = make_config(sqlite_url, tmp_path, model="some/model", seed=7)
+    training = FakeTraining()
+    study = run_tune(config, store_for(sqlite_url), 2, train_model=training)
+
+    root = (tmp_path / "artifacts").resolve() / artifacts.study_dir_name(config.study)
+    for call, trial in zip(training.calls, study.get_trials(deepcopy=False), strict=True):
+        assert (call["model"], call["max_length"], call["seed"]) == ("some/model", 32, 7)
+        assert call["train"] is TRAIN and call["validation"] is VALIDATION
+        assert call["params"] == trial.params
+        assert call["work_dir_existed"]
+        assert call["save_to"] == root / f"trial-{trial.number}"
+    runs = store_for(sqlite_url).trial_runs(config.study)
+    assert runs[0].spec.artifact == str(root / "trial-0")
+
+
+def test_training_that_never_scores_validation_stops_the_study_and_keeps_no_model(
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
+) -> None:
+    def silent(*args: Any, save_to: Path, **kwargs: Any) -> Path:
+        save_to.mkdir(parents=True)
+        return save_to
+
+    config = make_config(sqlite_url, tmp_path)
+    with pytest.raises(TrainerError, match="without a validation pass"):
+        run_tune(config, store_for(sqlite_url), 2, train_model=silent)
+    assert trial_dirs(config) == set()
+
+
+def test_the_given_pruner_is_used_and_median_pruning_is_the_default(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    config = make_config(sqlite_url, tmp_path)
+    given = AlwaysPrune()
+    assert tuning.open_study(config, create=True, pruner=given).pruner is given
+    default = tuning.open_study(config, create=False).pruner
+    assert isinstance(default, optuna.pruners.MedianPruner)
+    assert (default._n_startup_trials, default._n_warmup_steps) == (2, 1)
+
+
+def test_the_default_training_checks_the_model_before_any_trial(
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
+) -> None:
+    config = make_config(sqlite_url, tmp_path, model=str(tmp_path / "no-such-model"))
+    with pytest.raises(ModelError, match="does not exist"):
+        tuning.tune(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=1,
+                    progress=False)
+    assert tuning.open_study(config, create=False).get_trials(deepcopy=False) == []
+
+
 HOSTILE_NAMES = ["'; DROP TABLE trials;--", "../x", "..", "a/b\\c:d", "名前 🎬 \u202eevil"]
 
 
 def test_hostile_study_names_are_plain_names(
-    file_db_url: str, tmp_path: Path, fake_training: list[int], store_for: Callable[[str], Any]
+    file_db_url: str, tmp_path: Path, store_for: Callable[[str], Any]
 ) -> None:
     store = store_for(file_db_url)
     for name in HOSTILE_NAMES:
-        tuning.tune(make_config(file_db_url, tmp_path, study=name), TRAIN, VALIDATION, store,
-                    n_trials=1, progress=False)
+        run_tune(make_config(file_db_url, tmp_path, study=name), store, 1)
 
     assert sorted(optuna.get_all_study_names(file_db_url)) == sorted(HOSTILE_NAMES)
     for name in HOSTILE_NAMES:
@@ -434,15 +462,21 @@ def test_study_dir_names_stay_inside_and_differ_per_name() -> None:
 
 
 def test_a_worker_needs_an_existing_study(
-    sqlite_url: str, tmp_path: Path, fake_training: None, store_for: Callable[[str], Any]
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
 ) -> None:
     config = make_config(sqlite_url, tmp_path, study="nobody-made-me")
+    training = FakeTraining()
     with pytest.raises(TrainerError, match="no study 'nobody-made-me'.*python -m trainer tune"):
-        tuning.work(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=1)
+        tuning.work(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=1,
+                    train_model=training)
+    assert training.calls == []
 
     tuning.open_study(config, create=True)
-    study = tuning.work(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=2)
+    study = tuning.work(config, TRAIN, VALIDATION, store_for(sqlite_url), n_trials=2,
+                        progress=False, train_model=training,
+                        pruner=optuna.pruners.NopPruner())
     assert states(study) == [TrialState.COMPLETE] * 2
+    assert len(training.calls) == 2
 
 
 def test_an_in_memory_database_cannot_hold_a_study(tmp_path: Path) -> None:
@@ -461,30 +495,3 @@ def test_storage_heartbeat_and_retry_of_stale_trials_are_configured(tmp_path: Pa
     assert storage.heartbeat_stale_trial_callback._max_retry == 1
     off = tuning_storage.optuna_storage(f"sqlite:///{path}", heartbeat=0)
     assert off.heartbeat_interval is None and off.heartbeat_stale_trial_callback is None
-
-
-def test_a_locked_sqlite_database_is_waited_out_not_fatal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "locked.db"
-    monkeypatch.setattr(tuning_storage, "SQLITE_BUSY_S", 0.05)  # give up waiting almost at once
-    study = optuna.create_study(storage=tuning_storage.optuna_storage(f"sqlite:///{path}", 0),
-                                study_name="s")
-    other = sqlite3.connect(path, check_same_thread=False)
-    other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock for a while
-    release = threading.Timer(0.5, other.rollback)
-    release.start()
-    try:
-        study.set_user_attr("written", "despite the lock")
-    finally:
-        release.join()
-        other.close()
-    assert study.user_attrs["written"] == "despite the lock"
-
-
-def test_only_transient_database_errors_are_retried() -> None:
-    locked = RuntimeError("commit failed")
-    locked.__cause__ = sqlite3.OperationalError("database is locked")
-    assert tuning_storage.is_transient(locked)
-    assert tuning_storage.is_transient(RuntimeError("ERROR: deadlock detected"))
-    assert not tuning_storage.is_transient(ValueError("value too long for type character varying"))

@@ -1,7 +1,8 @@
 """Many worker processes on one study: nothing lost, nothing duplicated, a killed worker recovered.
 
 The workers are real processes with the real storage path (Optuna's RDBStorage and our Store on
-SQLite or PostgreSQL); only the training is faked, so a trial takes a fraction of a second.
+SQLite or PostgreSQL); only the training is faked, passed to tune/work as their train_model, so
+a trial takes a fraction of a second.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import pytest
 from optuna.trial import TrialState
 
 from storage.store import open_store
-from trainer.tuning import study as tuning
 from trainer.config import Config
+from trainer.tuning import study as tuning
 from trainer.tuning.storage import optuna_storage
 from trainer.tuning.trials import EPOCH_METRICS, FAIL_REASON
 
@@ -30,27 +31,27 @@ REPO = Path(__file__).resolve().parents[3]
 WAIT_S = 240  # generous limits for a loaded 2-core machine; no assertion is about time
 
 WORKER = r'''
-"""One worker process: fake-fast training inside, real storage outside."""
-import json, os, sys, time, types
+"""One worker process: fake-fast training passed in, the real study and storage around it."""
+import json, os, sys, time
 from pathlib import Path
 
 import numpy as np
 
 args = json.loads(sys.argv[1])
 sys.path.insert(0, args["repo"])
-from trainer.errors import ModelError  # noqa: E402
 
-fake = types.ModuleType("trainer.transformer.model")
-fake_finetune = types.ModuleType("trainer.transformer.finetune")
+import optuna  # noqa: E402
+
+from storage.store import open_store  # noqa: E402
+from trainer.config import Config  # noqa: E402
+from trainer.splits import Split  # noqa: E402
+from trainer.tuning import study as tuning  # noqa: E402
 
 
-class TrainingDiverged(ModelError):
-    pass
-
-
-def fine_tune(model, train_texts, train_labels, val_texts, val_labels, params, *, max_length,
-              output_dir, seed, on_epoch=None, device=None, progress=False):
-    labels = np.asarray(val_labels)
+def train_model(model, train, validation, params, *, max_length, seed, on_epoch, work_dir,
+                save_to):
+    """A TrainModel (see trainer.tuning.study) that sleeps instead of training."""
+    labels = np.asarray(validation.labels)
     rng = np.random.default_rng(int(params["learning_rate"] * 1e12) % 2**32)
     for epoch in range(1, params["num_train_epochs"] + 1):
         time.sleep(args["epoch_s"])
@@ -59,39 +60,10 @@ def fine_tune(model, train_texts, train_labels, val_texts, val_labels, params, *
         Path(args["marks"], f"{os.getpid()}-epoch-{epoch}").touch()
         if args["stall_after"] and epoch >= args["stall_after"]:
             time.sleep(3600)  # killed or interrupted in the middle of the trial
-    return dict(params)
-
-
-def save_classifier(clf, directory):
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "config.json").write_text(json.dumps(clf))
-    (target / "model.safetensors").write_bytes(b"fake")
-    return target
-
-
-fake.TrainingDiverged = TrainingDiverged
-fake.save_classifier = save_classifier
-fake_finetune.fine_tune = fine_tune
-fake.free_memory = lambda: None
-fake.resolve_model = lambda name: name
-fake.check_location = lambda path: None
-fake.default_device = lambda: "cpu"
-sys.modules["trainer.transformer.model"] = fake
-sys.modules["trainer.transformer.finetune"] = fake_finetune
-
-import optuna  # noqa: E402
-
-import trainer.transformer  # noqa: E402
-from storage.store import open_store  # noqa: E402
-from trainer.tuning import study as tuning  # noqa: E402
-from trainer.config import Config  # noqa: E402
-from trainer.splits import Split  # noqa: E402
-
-trainer.transformer.model = fake
-trainer.transformer.finetune = fake_finetune
-tuning.make_pruner = optuna.pruners.NopPruner
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+    save_to.mkdir(parents=True, exist_ok=True)
+    (save_to / "config.json").write_text(json.dumps(params))
+    (save_to / "model.safetensors").write_bytes(b"fake")
+    return save_to
 
 
 def reviews(n, name):
@@ -100,12 +72,15 @@ def reviews(n, name):
     return Split(texts, labels, [f"{name}/{i}" for i in range(n)], name)
 
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 config = Config(**args["config"])
 store = open_store(config.db)
 run = tuning.tune if args["mode"] == "tune" else tuning.work
-kwargs = {"progress": False} if args["mode"] == "tune" else {}
 run(config, reviews(16, "train"), reviews(12, "validation"), store, n_trials=args["n_trials"],
-    **kwargs)
+    progress=False, train_model=train_model, pruner=optuna.pruners.NopPruner())
+# With the training passed in nothing needs torch: eight workers on two cores would otherwise
+# spend their time importing it rather than on the storage path these tests are about.
+assert "torch" not in sys.modules, "a worker whose training is passed in imported torch"
 print("worker done", os.getpid(), flush=True)
 '''
 
