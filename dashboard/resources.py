@@ -1,7 +1,9 @@
 """Cached access to the database, the Optuna studies and the models, shared by every page."""
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from typing import Any
 
 import optuna
@@ -123,21 +125,54 @@ def importances(url: str, name: str, evaluator: str, target: str,
 
     Returns:
         Normalised importances, largest first (empty with fewer than two usable trials).
+
+    Raises:
+        ValueError: the evaluator cannot rate these trials.
     """
     direction, trials = study_trials(url, name)
     metrics = pd.DataFrame() if target == "objective" else \
         study_views.trial_metrics_frame(trial_runs(url, name))
     values = study_views.target_values(study_views.trials_table(trials), metrics, target)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.number in values.index]
-    if len(complete) < 2:
-        return {}
     if target != "objective":
         direction = study_views.metric_direction(target)
-    copy = optuna.create_study(direction=direction)
-    copy.add_trials([optuna.trial.create_trial(
-        params=t.params, distributions=t.distributions, value=float(values[t.number]))
-        for t in complete])
-    return optuna.importance.get_param_importances(copy, evaluator=_evaluator(evaluator))
+    return param_importances(study(url, name), values, evaluator, direction)
+
+
+# Optuna warns that PED-ANOVA rates a target as a loss: we negate maximised targets for it.
+_LOSS_NOTE = "PedAnovaImportanceEvaluator computes the importances of params to achieve low"
+
+
+def param_importances(loaded: optuna.Study, values: pd.Series, evaluator: str,
+                      direction: str) -> dict[str, float]:
+    """Optuna's importances of a study's hyperparameters for a value of our choice per trial.
+
+    Args:
+        loaded: the study; only its complete trials numbered in `values` are rated.
+        values: the target of each trial, finite, indexed by trial number.
+        evaluator: one of EVALUATORS.
+        direction: "maximize" or "minimize", the way the target gets better.
+
+    Returns:
+        Normalised importances, largest first (empty with fewer than two usable trials).
+
+    Raises:
+        ValueError: the evaluator cannot rate these trials.
+    """
+    usable = [t for t in loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.number in values.index]
+    if len(usable) < 2:
+        return {}
+    # PED-ANOVA rates a target as a loss (lower is better); the forests do not mind the sign.
+    sign = -1.0 if direction == "maximize" else 1.0
+    loss = {int(number): sign * float(value) for number, value in values.items()}
+    # Optuna drops a trial whose target is not finite (None would raise): NaN leaves out the
+    # rest. `params` comes from the usable trials, as it would from a study of only those.
+    params = list(optuna.search_space.intersection_search_space(usable))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LOSS_NOTE, category=UserWarning)
+        return optuna.importance.get_param_importances(
+            loaded, evaluator=_evaluator(evaluator), params=params,
+            target=lambda t: loss.get(t.number, math.nan))
 
 
 def _evaluator(name: str) -> Any:

@@ -10,7 +10,8 @@ from numpy.typing import ArrayLike
 from storage.records import CLASS_NAMES, ClassMetrics, Curve, Evaluation
 
 EPS = 1e-7  # log loss clips probabilities to [EPS, 1 - EPS]
-STATISTICS = ("accuracy", "roc_auc", "loss", "brier")
+STATISTICS = ("accuracy", "roc_auc", "average_precision", "loss", "brier")
+_RANKED = ("roc_auc", "average_precision")  # statistics of the ranking, computed per tie group
 _CHUNK_CELLS = 200_000  # resample counts per chunk (k x n): small arrays stay in CPU cache
 
 
@@ -47,26 +48,31 @@ def evaluate(
         threshold: the decision threshold for accuracy, per-class metrics and confusion.
 
     Returns:
-        The Evaluation; roc_auc and its interval are NaN when one class is absent.
+        The Evaluation; roc_auc, average_precision and their intervals are NaN when one class
+        is absent.
 
     Raises:
         ValueError: the inputs are not equally long 0/1 labels and finite probabilities in [0, 1].
     """
     y, p = _check(labels, probs)
-    acc_ci = auc_ci = (float("nan"), float("nan"))
+    with_ci = ("accuracy", "roc_auc", "average_precision")
+    ci = dict.fromkeys(with_ci, (float("nan"), float("nan")))
     if n_bootstrap > 0:
-        boot = _bootstrap(y, p, ("accuracy", "roc_auc"), seed, n_bootstrap, threshold)
-        acc_ci, auc_ci = _interval(boot["accuracy"], 0.95), _interval(boot["roc_auc"], 0.95)
+        boot = _bootstrap(y, p, with_ci, seed, n_bootstrap, threshold)
+        ci = {s: _interval(boot[s], 0.95) for s in with_ci}
     reliability, ece, brier = calibration(y, p, calibration_bins)
     confusion = confusion_at(y, p, threshold)
     scalars = {
         "accuracy": (confusion[0][0] + confusion[1][1]) / len(y),
-        "accuracy_ci_low": acc_ci[0],
-        "accuracy_ci_high": acc_ci[1],
+        "accuracy_ci_low": ci["accuracy"][0],
+        "accuracy_ci_high": ci["accuracy"][1],
         "loss": log_loss(y, p),
         "roc_auc": roc_auc(y, p),
-        "roc_auc_ci_low": auc_ci[0],
-        "roc_auc_ci_high": auc_ci[1],
+        "roc_auc_ci_low": ci["roc_auc"][0],
+        "roc_auc_ci_high": ci["roc_auc"][1],
+        "average_precision": average_precision(y, p),
+        "average_precision_ci_low": ci["average_precision"][0],
+        "average_precision_ci_high": ci["average_precision"][1],
         "ece": ece,
         "brier": brier,
         "threshold": float(threshold),
@@ -136,20 +142,21 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """A seeded percentile bootstrap interval of one statistic.
 
-    Resamples are drawn as counts per review, so each statistic is a weighted sum (ROC AUC a
-    cumulative sum over the ranked scores) instead of a metric call per resample.
+    Resamples are drawn as counts per review, so each statistic is a weighted sum (ROC AUC and
+    average precision cumulative sums over the ranked scores) instead of a metric call per
+    resample.
 
     Args:
         labels: true labels, 0 or 1.
         probs: predicted probabilities of the positive class.
-        statistic: one of "accuracy", "roc_auc", "loss", "brier".
+        statistic: one of STATISTICS.
         seed: the same seed gives the same resamples (evaluate uses them too).
         n_bootstrap: how many resamples.
         level: the interval's coverage, between 0 and 1.
         threshold: the decision threshold for accuracy.
 
     Returns:
-        (low, high); NaN for ROC AUC when no resample holds both classes.
+        (low, high); NaN for ROC AUC and average precision when no resample holds both classes.
 
     Raises:
         ValueError: an unknown statistic, a bad level or count, or bad inputs.
@@ -188,21 +195,28 @@ def _bootstrap(
         k = min(chunk, n_bootstrap - lo)
         draws = rng.integers(0, n, size=(k, n)) + (np.arange(k) * n)[:, None]
         counts = np.bincount(draws.ravel(), minlength=k * n).reshape(k, n).astype(float)
+        if any(s in _RANKED for s in statistics):
+            pos, neg, tied = _resampled_groups(counts, ys, starts)
         for s in statistics:
             if s == "roc_auc":
-                out[s][lo : lo + k] = _resampled_auc(counts, ys, starts)
+                out[s][lo : lo + k] = _auc(pos, neg, tied)
+            elif s == "average_precision":
+                out[s][lo : lo + k] = _average_precision(pos, neg)
             else:
                 out[s][lo : lo + k] = counts @ per_review[s] / n
     return out
 
 
-def _resampled_auc(counts: np.ndarray, ys: np.ndarray, starts: np.ndarray) -> np.ndarray:
+def _resampled_groups(
+    counts: np.ndarray, ys: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Resampled positives and negatives per tie group (rows: resamples), and if any tie."""
     pos = counts * ys
     neg = counts - pos
     tied = len(starts) < counts.shape[1]
     if tied:  # tied scores share one rank group
         pos, neg = np.add.reduceat(pos, starts, axis=1), np.add.reduceat(neg, starts, axis=1)
-    return _auc(pos, neg, tied)
+    return pos, neg, tied
 
 
 def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -238,6 +252,39 @@ def _auc(pos: np.ndarray, neg: np.ndarray, tied: bool = True) -> np.ndarray:
         wins = wins + 0.5 * np.einsum("...i,...i->...", pos, neg)
     with np.errstate(divide="ignore", invalid="ignore"):
         return wins / (total_pos * total_neg)
+
+
+def _average_precision(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Average precision from positives and negatives per tie group, in descending score order:
+    sum(Δrecall × precision) as scikit-learn's average_precision_score; NaN without both classes.
+    """
+    tp = np.cumsum(pos, axis=-1, dtype=float)
+    seen = np.cumsum(neg, axis=-1, dtype=float)  # false positives, then reviews so far
+    both = (seen[..., -1] > 0) & (tp[..., -1] > 0)
+    seen += tp
+    # seen is 0 only before the first reviewed group, where tp is 0 too: precision 0, not 0 / 0.
+    np.maximum(seen, np.finfo(float).tiny, out=seen)
+    precision = np.divide(tp, seen, out=seen)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ap = np.einsum("...i,...i->...", pos, precision) / tp[..., -1]
+    return np.where(both, ap, np.nan)
+
+
+def average_precision(labels: ArrayLike, probs: ArrayLike) -> float:
+    """Average precision of the positive class (label 1): scikit-learn's average_precision_score.
+
+    Returns:
+        The average precision, or NaN when one class is absent (as for `roc_auc`).
+
+    Raises:
+        ValueError: bad labels or probabilities (see `evaluate`).
+    """
+    y, p = _check(labels, probs)
+    if y.min() == y.max():  # sklearn would warn and answer 0 or 1; like ROC AUC it is undefined
+        return float("nan")
+    from sklearn.metrics import average_precision_score  # slow to import; only this needs it
+
+    return float(average_precision_score(y, p))
 
 
 def log_loss(labels: ArrayLike, probs: ArrayLike) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -56,6 +57,7 @@ def test_scalars_of_the_hand_case() -> None:
     assert ev.n == 4
     assert s["accuracy"] == 0.75
     assert s["roc_auc"] == 0.75
+    assert s["average_precision"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3, rel=1e-12)
     expected_loss = -(math.log(0.9) + math.log(0.6) + math.log(0.35) + math.log(0.8)) / 4
     assert s["loss"] == pytest.approx(expected_loss, rel=1e-12)
     assert s["brier"] == pytest.approx((0.01 + 0.16 + 0.4225 + 0.04) / 4, rel=1e-12)
@@ -68,6 +70,14 @@ def test_scalars_of_the_hand_case() -> None:
 def test_roc_auc_counts_ties_as_half() -> None:
     # pos .5 ties neg .5 (1/2), beats neg .2 (1); pos .9 beats both: 3.5 / 4
     assert metrics.roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.2, 0.9]) == 0.875
+
+
+def test_average_precision_steps_once_per_tied_score() -> None:
+    # by descending score: .9 (1 pos): precision 1; .5 (1 pos, 1 neg): 2/3; .2 (1 pos, 1 neg):
+    # 3/5; each step adds recall 1/3, so AP = (1 + 2/3 + 3/5) / 3 = 34/45
+    labels, probs = [0, 1, 0, 1, 1], [0.5, 0.5, 0.2, 0.9, 0.2]
+    assert metrics.average_precision(labels, probs) == pytest.approx(34 / 45, rel=1e-12)
+    assert metrics.average_precision(labels, probs) == sk.average_precision_score(labels, probs)
 
 
 def test_roc_and_pr_points_of_the_hand_case() -> None:
@@ -118,6 +128,7 @@ def test_scalars_agree_with_sklearn(seed: int, decimals: int | None) -> None:
     pred = (p >= threshold).astype(int)
     assert ev.scalars["accuracy"] == pytest.approx(sk.accuracy_score(y, pred), abs=1e-12)
     assert ev.scalars["roc_auc"] == pytest.approx(sk.roc_auc_score(y, p), abs=1e-12)
+    assert ev.scalars["average_precision"] == sk.average_precision_score(y, p)
     assert ev.scalars["loss"] == pytest.approx(sk.log_loss(y, p), rel=1e-9)
     assert ev.scalars["brier"] == pytest.approx(sk.brier_score_loss(y, p), rel=1e-9)
     assert np.array_equal(np.array(ev.confusion), sk.confusion_matrix(y, pred))
@@ -181,13 +192,23 @@ def test_calibration_agrees_with_sklearn_calibration_curve() -> None:
     assert sum(curve.w) == len(y)
 
 
-def test_weighted_resample_auc_equals_sklearn_sample_weight() -> None:
-    y, p = random_case(7, n=300, decimals=2)
+@pytest.mark.parametrize("decimals", [None, 2])
+def test_weighted_resample_auc_and_ap_equal_sklearn_sample_weight(decimals: int | None) -> None:
+    y, p = random_case(7, n=300, decimals=decimals)
     counts = np.random.default_rng(0).multinomial(300, np.full(300, 1 / 300), size=5)
     order, _, starts = metrics._ranked(p)
-    got = metrics._resampled_auc(counts[:, order].astype(float), y[order].astype(float), starts)
-    want = [sk.roc_auc_score(y, p, sample_weight=c) for c in counts]
-    assert np.allclose(got, want, atol=1e-12)
+    pos, neg, tied = metrics._resampled_groups(
+        counts[:, order].astype(float), y[order].astype(float), starts)
+    assert tied == (decimals is not None)
+    want_auc = [sk.roc_auc_score(y, p, sample_weight=c) for c in counts]
+    assert np.allclose(metrics._auc(pos, neg, tied), want_auc, atol=1e-12)
+    want_ap = [sk.average_precision_score(y, p, sample_weight=c) for c in counts]
+    assert np.allclose(metrics._average_precision(pos, neg), want_ap, atol=1e-12)
+
+
+def test_resampled_average_precision_is_nan_without_both_classes() -> None:
+    pos, neg = np.array([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0]]), np.array([[0.0] * 3, [1.0, 2.0, 0.0]])
+    assert np.isnan(metrics._average_precision(pos, neg)).all()
 
 
 # --- bootstrap -------------------------------------------------------------------------------
@@ -200,6 +221,7 @@ def test_bootstrap_contains_estimate_and_narrows_with_n() -> None:
         for statistic, estimate in (
             ("accuracy", sk.accuracy_score(y, p >= 0.5)),
             ("roc_auc", sk.roc_auc_score(y, p)),
+            ("average_precision", sk.average_precision_score(y, p)),
         ):
             low, high = metrics.bootstrap_ci(y, p, statistic, seed=1, n_bootstrap=500)
             assert low < estimate < high
@@ -207,6 +229,7 @@ def test_bootstrap_contains_estimate_and_narrows_with_n() -> None:
     width = {(s, n): w for s, n, w in widths}
     assert width[("accuracy", 5000)] < width[("accuracy", 200)] / 3
     assert width[("roc_auc", 5000)] < width[("roc_auc", 200)] / 3
+    assert width[("average_precision", 5000)] < width[("average_precision", 200)] / 3
 
 
 def test_bootstrap_is_seeded_and_shared_with_evaluate() -> None:
@@ -218,20 +241,24 @@ def test_bootstrap_is_seeded_and_shared_with_evaluate() -> None:
     assert (ev.scalars["roc_auc_ci_low"], ev.scalars["roc_auc_ci_high"]) == first
     acc = metrics.bootstrap_ci(y, p, "accuracy", seed=3, n_bootstrap=300)
     assert (ev.scalars["accuracy_ci_low"], ev.scalars["accuracy_ci_high"]) == acc
+    ap = metrics.bootstrap_ci(y, p, "average_precision", seed=3, n_bootstrap=300)
+    assert (ev.scalars["average_precision_ci_low"], ev.scalars["average_precision_ci_high"]) == ap
 
 
 def test_bootstrap_agrees_with_a_naive_resampling_loop() -> None:
     y, p = random_case(10, n=400)
     rng = np.random.default_rng(0)
-    naive_auc, naive_loss = [], []
+    naive_auc, naive_ap, naive_loss = [], [], []
     for _ in range(1000):  # resample reviews; AUC by the rank-sum formula (scipy's rankdata)
         i = rng.integers(0, len(y), len(y))
         yi, pi = y[i], p[i]
         n_pos = yi.sum()
         rank_sum = rankdata(pi)[yi == 1].sum()
         naive_auc.append((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * (len(yi) - n_pos)))
+        naive_ap.append(sk.average_precision_score(yi, pi))
         naive_loss.append(-np.mean(yi * np.log(pi) + (1 - yi) * np.log(1 - pi)))
-    for statistic, naive in (("roc_auc", naive_auc), ("loss", naive_loss)):
+    for statistic, naive in (("roc_auc", naive_auc), ("average_precision", naive_ap),
+                             ("loss", naive_loss)):
         low, high = metrics.bootstrap_ci(y, p, statistic, seed=5, n_bootstrap=1000)
         want_low, want_high = np.percentile(naive, [2.5, 97.5])
         assert low == pytest.approx(want_low, abs=0.25 * (want_high - want_low))
@@ -258,6 +285,9 @@ def test_evaluate_fills_the_evaluation_contract() -> None:
         "roc_auc",
         "roc_auc_ci_low",
         "roc_auc_ci_high",
+        "average_precision",
+        "average_precision_ci_low",
+        "average_precision_ci_high",
         "ece",
         "brier",
         "threshold",
@@ -274,15 +304,21 @@ def test_evaluate_fills_the_evaluation_contract() -> None:
 
 
 def test_single_review_and_single_class_do_not_crash() -> None:
-    one = metrics.evaluate([1], [0.7], n_bootstrap=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one class present is expected, not worth a warning
+        one = metrics.evaluate([1], [0.7], n_bootstrap=50)
+        negatives = metrics.evaluate([0, 0, 0], [0.2, 0.6, 0.1], n_bootstrap=50)
     assert one.n == 1 and one.scalars["accuracy"] == 1.0
     assert (one.scalars["accuracy_ci_low"], one.scalars["accuracy_ci_high"]) == (1.0, 1.0)
     assert math.isnan(one.scalars["roc_auc"]) and math.isnan(one.scalars["roc_auc_ci_low"])
-    negatives = metrics.evaluate([0, 0, 0], [0.2, 0.6, 0.1], n_bootstrap=50)
+    for ev in (one, negatives):  # sklearn would say 1.0 or 0.0 (warning); undefined like AUC
+        assert all(math.isnan(ev.scalars[f"average_precision{end}"])
+                   for end in ("", "_ci_low", "_ci_high"))
     assert math.isnan(negatives.scalars["roc_auc"])
     assert negatives.curves["roc"].x == () and negatives.curves["pr"].x == ()
     assert negatives.per_class["positive"] == ClassMetrics(0.0, 0.0, 0.0, 0)
     assert math.isnan(metrics.roc_auc([1, 1], [0.3, 0.4]))
+    assert math.isnan(metrics.average_precision([1, 1], [0.3, 0.4]))
 
 
 @pytest.mark.parametrize(
