@@ -5,9 +5,9 @@ import argparse
 import json
 import os
 import re
-from pathlib import Path
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"

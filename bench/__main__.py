@@ -1,4 +1,4 @@
-"""`python -m bench train|infer|baseline|dashboard|stress|save [options]`: run one side-by-side benchmark."""
+"""`python -m bench train|infer|baseline|dashboard|stress|save [options]`: one side-by-side run."""
 from __future__ import annotations
 
 import importlib

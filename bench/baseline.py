@@ -30,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_imdb(args.data)
     train = stratified_subset(data.train, args.train_size, args.seed)
     test = stratified_subset(data.test, args.test_size, args.seed)
-    sides = {"peer": lambda: run_peer(train, test), "ours": lambda: run_ours(train, test, args.seed)}
+    sides = {"peer": lambda: run_peer(train, test),
+             "ours": lambda: run_ours(train, test, args.seed)}
     runs: dict[str, list[dict[str, float]]] = {"peer": [], "ours": []}
     for i in range(args.repeat):
         for side in ("peer", "ours") if i % 2 == 0 else ("ours", "peer"):

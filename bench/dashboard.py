@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench import cpu_name, emit
+from bench import cpu_name, emit  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from trainer.data import load_imdb
-    from trainer.transformer.fast import FastClassifier
     from trainer.splits import stratified_subset
+    from trainer.transformer.fast import FastClassifier
 
     data = load_imdb(args.data)
     clf, tuned = sentiment_model(args.model, data, args)
@@ -71,10 +71,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         figure("infer_single_p90_ms", "ms", single["ours"][1], single["peer"][1],
                higher_is_better=False, device=dev, config=config),
         figure("infer_batch_reviews_per_s", "reviews/s", batch["ours"], batch["peer"],
-               higher_is_better=True, device=dev, config={**config, "batch_size": args.batch_size}),
+               higher_is_better=True, device=dev,
+               config={**config, "batch_size": args.batch_size}),
         figure("infer_test_accuracy", "accuracy", accuracy["ours"], accuracy["peer"],
                higher_is_better=True, device=dev,
-               config={**config, "difference_points": 100 * (accuracy["ours"] - accuracy["peer"])}),
+               config={**config,
+                       "difference_points": 100 * (accuracy["ours"] - accuracy["peer"])}),
     ]
 
 
@@ -101,8 +103,8 @@ def sentiment_model(name: str, data: Any, args: argparse.Namespace
     clf = load_classifier(name, device="cpu")
     if not clf.new_head:
         return clf, None
-    from trainer.transformer.loop import train_fast
     from trainer.splits import stratified_subset
+    from trainer.transformer.loop import train_fast
 
     train = stratified_subset(data.train, args.finetune_size, args.seed)
     train_fast(clf.model, clf.tokenizer, train.texts, train.labels, [], params,
@@ -141,7 +143,8 @@ def _single_latency(eager: Callable, fast: Any, reviews: list[str], calls: int) 
     times: dict[str, list[float]] = {"peer": [], "ours": []}
     for i in range(calls):
         text = reviews[i % len(reviews)]
-        pair = [("peer", lambda t=text: eager([t])), ("ours", lambda t=text: fast.predict_proba([t]))]
+        pair = [("peer", lambda t=text: eager([t])),
+                ("ours", lambda t=text: fast.predict_proba([t]))]
         for side, call in pair if i % 2 else pair[::-1]:
             start = time.perf_counter()
             call()

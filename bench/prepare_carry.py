@@ -90,7 +90,8 @@ def pack(args: argparse.Namespace) -> int:
     print(f"{out}: {total:.1f} MiB")
     if total > LIMIT_MIB:
         print(f"{out} is {total:.1f} MiB, over the {LIMIT_MIB} MiB the device tool can carry "
-              f"beside the tree; drop the wheels (--skip-wheels) or shrink the data", file=sys.stderr)
+              f"beside the tree; drop the wheels (--skip-wheels) or shrink the data",
+              file=sys.stderr)
         return 1
     return 0
 

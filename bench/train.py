@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = stratified_subset(data.train, args.train_size, args.seed)
     test = stratified_subset(data.test, args.test_size, args.seed)
     model = resolve_model(args.model)
-    peer_path = Path(args.results_dir or RESULTS) / f"train-peer-{slug(device_name(args.device))}.json"
+    peer_path = (Path(args.results_dir or RESULTS)
+                 / f"train-peer-{slug(device_name(args.device))}.json")
     if args.peer_json:
         peer = json.loads(Path(args.peer_json).read_text(encoding="utf-8"))
     else:

@@ -11,7 +11,8 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-st.set_page_config(page_title="Movie-review sentiment", page_icon=":material/movie:", layout="wide")
+st.set_page_config(page_title="Movie-review sentiment", page_icon=":material/movie:",
+                   layout="wide")
 st.navigation([
     st.Page("app_pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("app_pages/study.py", title="Study explorer", icon=":material/science:"),

@@ -54,7 +54,8 @@ def pg_schema_url(postgres_url: str) -> Iterator[str]:
     from sqlalchemy.engine import make_url
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    plain = make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    plain = make_url(postgres_url).set(drivername="postgresql").render_as_string(
+        hide_password=False)
     with psycopg.connect(plain, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     sep = "&" if "?" in postgres_url else "?"

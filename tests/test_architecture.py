@@ -97,7 +97,8 @@ def private_imports(modules: dict[str, ast.Module]) -> list[str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and ours(node.module, modules):
                 for alias in node.names:
-                    if ours(f"{node.module}.{alias.name}", modules) == f"{node.module}.{alias.name}":
+                    if (ours(f"{node.module}.{alias.name}", modules)
+                            == f"{node.module}.{alias.name}"):
                         aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)

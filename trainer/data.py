@@ -1,4 +1,4 @@
-"""IMDB reviews from a local folder, a Stanford aclImdb folder or the hub (splits: trainer.splits)."""
+"""IMDB reviews from a local folder, a Stanford aclImdb one or the hub (splits: trainer.splits)."""
 
 from __future__ import annotations
 

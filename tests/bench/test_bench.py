@@ -1,4 +1,4 @@
-"""`python -m bench`: figures, their JSON lines and files, on a tiny model and synthetic reviews."""
+"""`python -m bench`: figures, JSON lines and files, on a tiny model and synthetic reviews."""
 from __future__ import annotations
 
 import json
@@ -75,14 +75,16 @@ def test_bench_train_reuses_a_saved_peer_and_names_unequal_epochs(
     peer = _bench_in_process(capsys, "train", *common, "--only", "peer")[0]
     assert peer["config"]["epochs"] == 1
     saved = next(tmp_path.glob("train-peer-*.json"))
-    out = _bench_in_process(capsys, "train", *common, "--only", "ours", "--peer-json", str(saved), "--epochs", "2")
+    out = _bench_in_process(capsys, "train", *common, "--only", "ours", "--peer-json", str(saved),
+                            "--epochs", "2")
     assert "test_accuracy_ours2ep_peer1ep" in [f["name"] for f in out]
     assert out[0]["peer"] == pytest.approx(peer["warm_samples_per_s"], rel=1e-4)
 
 
 def test_bench_infer_compares_eager_and_fast_scoring(
         tiny_model_dir: str, reviews: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    out = _bench_in_process(capsys, "infer", "--model", tiny_model_dir, "--data", str(reviews), "--test-size", "24",
+    out = _bench_in_process(capsys, "infer", "--model", tiny_model_dir, "--data", str(reviews),
+                 "--test-size", "24",
                  "--single", "4", "--results-dir", str(tmp_path), "--method", "int8")
     by_name = {f["name"]: f for f in out}
     assert set(by_name) == {"infer_single_p50_ms", "infer_single_p90_ms",

@@ -1,4 +1,4 @@
-"""A real browser: headless Chromium opens every page of `streamlit run` on a populated database."""
+"""A real browser: headless Chromium opens each page of `streamlit run` on a populated database."""
 from __future__ import annotations
 
 from pathlib import Path

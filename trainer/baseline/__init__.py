@@ -1,1 +1,1 @@
-"""Stage 1's TF-IDF + logistic regression: cleaning with offsets, vectoriser, model, selection, save/load."""
+"""Stage 1's TF-IDF + logistic regression: cleaning, offsets, vectoriser, model, selection, I/O."""

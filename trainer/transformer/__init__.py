@@ -1,1 +1,1 @@
-"""Hugging Face sequence classifiers: load/predict/save, fine-tuning engines, attribution, fast CPU scoring."""
+"""Hugging Face classifiers: load/predict/save, fine-tuning, attribution, fast CPU scoring."""

@@ -71,7 +71,8 @@ def _quantize(model: torch.nn.Module) -> torch.nn.Module:
         warnings.simplefilter("ignore")
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
         return torch.ao.quantization.quantize_dynamic(
-            model, {torch.nn.Linear: qconfig}, dtype=torch.qint8, mapping={torch.nn.Linear: linear})
+            model, {torch.nn.Linear: qconfig}, dtype=torch.qint8,
+            mapping={torch.nn.Linear: linear})
 
 
 class FastClassifier:
@@ -147,7 +148,8 @@ class FastClassifier:
         if self.graphs is not None:
             plain, masked = self.graphs
             mask = inputs["attention_mask"]
-            logits = plain(inputs["input_ids"]) if mask is None else masked(inputs["input_ids"], mask)
+            logits = (plain(inputs["input_ids"]) if mask is None
+                      else masked(inputs["input_ids"], mask))
         else:
             logits = self.model(**inputs).logits
         return torch.softmax(logits.float(), dim=-1)[:, self.positive_index].numpy()

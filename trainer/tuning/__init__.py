@@ -1,1 +1,1 @@
-"""Stage 3's Optuna study: search space, study and objective, trial records, Optuna storage, artifacts."""
+"""Stage 3's Optuna study: search space, study and objective, trial records, storage, artifacts."""

@@ -1,4 +1,4 @@
-"""Model folders of a study's trials: safe folder names, keeping the best few, the best one's path."""
+"""Model folders of a study's trials: safe names, keeping the best few, the best one's path."""
 from __future__ import annotations
 
 import hashlib
