@@ -1,87 +1,134 @@
-"""The Store: opens a database, migrates it, and moves run records in and out as dataclasses."""
+"""The Store: opens a database (migrated, or only read) and moves runs in and out as records."""
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import pandas as pd
 from alembic.util import CommandError
-from sqlalchemy import Connection, delete, exc, insert, select
+from sqlalchemy import Connection, delete, exc, insert, inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
 from storage.engine import (
+    LOCK_TIMEOUT_S,
+    READ_LOCK_TIMEOUT_S,
+    display_url,
+    is_memory,
+    is_opening_transient,
+    is_transient,
     make_engine,
     normalize_url,
     open_hint,
+    patiently,
     reason,
-    retry,
+    wait_advice,
+    wait_reason,
     writer,
 )
 from storage.errors import StorageError
-from storage.migrations import upgrade
-from storage.models import PredictionRow, ReviewRow, RunRow
-from storage.records import Evaluation, Predictions, Run, RunSpec
+from storage.migrations import revision_state, upgrade
+from storage.models import AUDIT_TABLES, AuditRow, PredictionRow, ReviewRow, RunRow
+from storage.records import Audit, Evaluation, Predictions, Run, RunSpec
 from storage.rows import (
+    audit_child_rows,
+    audit_values,
+    check_audit,
     check_spec,
     child_rows,
     prediction_rows,
     review_texts,
     run_values,
     spec_of,
+    to_audit,
     to_run,
 )
 
 T = TypeVar("T")
-WRITE_ATTEMPTS = 6  # tries of one write transaction that hit a lock or serialization failure
 CHUNK = 5000
 
 RUNS = RunRow.__table__
 PREDICTIONS = PredictionRow.__table__
 REVIEWS = ReviewRow.__table__
+AUDITS = AuditRow.__table__
+FILL_COMMAND = "`python -m trainer baseline` (a quick start) or `python -m trainer run`"
 
 
-def open_store(url: str, *, busy_timeout_s: float | None = None) -> Store:
-    """Open (and create or migrate) the database at `url`.
+class NotFilledError(StorageError):
+    """A reader found no tables of this tool: the database (or SQLite file) is not filled yet."""
+
+
+def open_store(url: str, *, busy_timeout_s: float | None = None, read_only: bool = False,
+               lock_timeout_s: float | None = None) -> Store:
+    """Open the database at `url`: create or migrate it, or with read_only only read it.
 
     Args:
         url: sqlite:///path/to.db, sqlite:// (in memory) or postgresql[+psycopg]://user@host/db.
         busy_timeout_s: how long one SQLite statement waits for another writer's lock;
             None: storage.engine.SQLITE_BUSY_S.
+        read_only: never create, migrate or convert anything (the dashboard, `report`).
+        lock_timeout_s: how long opening, and each write, waits in all for a locked (or, for a
+            write, unreachable) database, saying so after a few seconds; None: LOCK_TIMEOUT_S,
+            or READ_LOCK_TIMEOUT_S when read_only.
 
     Returns:
         A ready Store.
 
     Raises:
+        NotFilledError: read_only, and the database holds no tables of this tool.
         StorageError: the URL is not supported or the database cannot be opened.
     """
-    return Store(url, busy_timeout_s=busy_timeout_s)
+    return Store(url, busy_timeout_s=busy_timeout_s, read_only=read_only,
+                 lock_timeout_s=lock_timeout_s)
 
 
 class Store:
     """Evaluated models (runs) with their metrics, curves and predictions in one database."""
 
-    def __init__(self, url: str, *, busy_timeout_s: float | None = None) -> None:
-        """Create the engine and migrate our tables to the newest revision.
+    def __init__(self, url: str, *, busy_timeout_s: float | None = None,
+                 read_only: bool = False, lock_timeout_s: float | None = None) -> None:
+        """Create the engine and migrate our tables to the newest revision (or, read-only, check
+        that they are at it).
 
         Args:
             url: sqlite:///path/to.db, sqlite:// (in memory) or postgresql[+psycopg]://user@host/db.
             busy_timeout_s: how long one SQLite statement waits for another writer's lock;
                 None: storage.engine.SQLITE_BUSY_S.
+            read_only: open SQLite files with mode=ro and PostgreSQL in read-only
+                transactions; never create, migrate or convert anything.
+            lock_timeout_s: how long opening, and each write, waits in all for a locked (or,
+                for a write, unreachable) database; None: LOCK_TIMEOUT_S (READ_LOCK_TIMEOUT_S
+                when read_only). An attribute: a caller may change it later.
 
         Raises:
-            StorageError: the URL is not supported or the database cannot be opened.
+            NotFilledError: read_only, and the database holds no tables of this tool.
+            StorageError: the URL is not supported, the database cannot be opened, or (read
+                only) its tables are at another revision than this tool's.
         """
         parsed = normalize_url(url)
         self.url = parsed.render_as_string(hide_password=False)
-        self._shown = parsed.render_as_string(hide_password=True)
-        self._engine = make_engine(parsed, busy_timeout_s)
+        self.read_only = read_only
+        default_wait = READ_LOCK_TIMEOUT_S if read_only else LOCK_TIMEOUT_S
+        self.lock_timeout_s = default_wait if lock_timeout_s is None else lock_timeout_s
+        self._shown = display_url(parsed)
+        self._audit_tables = True  # False: a reader on a revision from before the audit
+        if read_only and not is_memory(parsed) and parsed.get_backend_name() == "sqlite" \
+                and not Path(parsed.database).is_file():
+            raise NotFilledError(f"There is no database file at {parsed.database}; "
+                                 f"{FILL_COMMAND} creates and fills it.")
+        self._engine = make_engine(parsed, busy_timeout_s, read_only=read_only)
         self._writer = writer(self._engine)
         try:
-            upgrade(self._engine, self._writer)
+            opening = self._check_revision if read_only else self._upgrade
+            patiently(opening, self._shown, timeout_s=self.lock_timeout_s,
+                      transient=is_opening_transient)
+        except StorageError:
+            self._engine.dispose()
+            raise
         except CommandError as e:
             self._engine.dispose()
             raise StorageError(
@@ -90,8 +137,12 @@ class Store:
             ) from e
         except exc.SQLAlchemyError as e:
             self._engine.dispose()
+            if is_opening_transient(e):
+                raise StorageError(self._failed("open our tables", e, self.lock_timeout_s)
+                                   ) from e
             raise StorageError(
-                f"Could not open the database {self._shown} ({reason(e)}); {open_hint(parsed)}."
+                f"Could not open the database {self._shown} ({reason(e)}); "
+                f"{open_hint(parsed, read_only=read_only)}."
             ) from e
 
     def __repr__(self) -> str:
@@ -236,6 +287,25 @@ class Store:
         """Release every pooled connection."""
         self._engine.dispose()
 
+    def _upgrade(self) -> None:
+        upgrade(self._engine, self._writer)
+
+    def _check_revision(self) -> None:
+        """A reader's check that our tables are there, at this tool's revision; writes nothing."""
+        state, stored = revision_state(self._engine)
+        if state == "missing":
+            raise NotFilledError(f"The database {self._shown} holds no tables of this tool yet; "
+                                 f"{FILL_COMMAND} fills it.")
+        # An older revision is read as it is: what it lacks (the audit tables before 0002)
+        # reads as empty until a writing command upgrades it.
+        if state == "older":
+            with self._engine.connect() as conn:
+                self._audit_tables = inspect(conn).has_table(AuditRow.__tablename__)
+        if state == "newer":
+            raise StorageError(
+                f"The tables in {self._shown} were migrated by a newer version of this tool "
+                f"(revision {stored}); upgrade the tool or use another database.")
+
     def _load(self, *where: Any, newest: bool = False) -> list[Run]:
         stmt = select(RunRow).where(*where).options(
             selectinload(RunRow.scalars),
@@ -248,15 +318,25 @@ class Store:
             return [to_run(row) for row in session.scalars(stmt)]
 
     def _write(self, work: Callable[[Connection], T], action: str) -> T:
-        """Run `work` in one transaction, retrying transient lock/serialization failures."""
+        """Run `work` in one transaction, waiting out locks and lost connections (bounded).
+
+        A connection lost before COMMIT rolled the transaction back; one lost during COMMIT may
+        have applied it, and running it again is still safe: a trial's run replaces the one
+        stored under its (study, trial, stage), review texts are inserted only when missing;
+        only a stage run could then be stored twice, and `find_run` takes the newest.
+        """
+        if self.read_only:
+            raise StorageError(f"Could not {action}: {self._shown} was opened read-only; open "
+                               "it with read_only=False to write.")
+
         def transaction() -> T:
             with self._writer.begin() as conn:
                 return work(conn)
 
         try:
-            return retry(transaction, attempts=WRITE_ATTEMPTS)
+            return patiently(transaction, self._shown, timeout_s=self.lock_timeout_s)
         except exc.SQLAlchemyError as e:
-            raise StorageError(self._failed(action, e)) from e
+            raise StorageError(self._failed(action, e, self.lock_timeout_s)) from e
 
     @contextmanager
     def _translated(self, action: str) -> Iterator[None]:
@@ -265,12 +345,78 @@ class Store:
         except exc.SQLAlchemyError as e:
             raise StorageError(self._failed(action, e)) from e
 
-    def _failed(self, action: str, e: Exception) -> str:
+    def _failed(self, action: str, e: Exception, waited_s: float | None = None) -> str:
+        if is_transient(e):
+            after = f" after waiting {waited_s:g} s" if waited_s else ""
+            return (f"Could not {action} in {self._shown}{after}: {wait_reason(e)} "
+                    f"({reason(e)}); {wait_advice(e)}.")
         hint = "check that the database is reachable and was created by this tool, then retry"
         bad_value = not isinstance(e, exc.DBAPIError)  # a value the column type cannot bind
         if bad_value or isinstance(e, exc.IntegrityError | exc.DataError):
             hint = "the values given do not fit the tables; fix them and save again"
         return f"Could not {action} in {self._shown} ({reason(e)}); {hint}."
+
+    # --- audits (python -m trainer audit) ------------------------------------------------------
+
+    def save_audit(self, audit: Audit) -> int:
+        """Store one audit and all its findings in one transaction (chunked inserts).
+
+        Args:
+            audit: what the audit found; config["fingerprint"], when set, lets `find_audit`
+                find it again.
+
+        Returns:
+            The new audit's id.
+
+        Raises:
+            StorageError: the records are inconsistent or the database refused the write.
+        """
+        check_audit(audit)
+        try:
+            values = audit_values(audit)
+            children = audit_child_rows(audit)
+        except (TypeError, ValueError) as e:
+            raise StorageError(f"Expected numbers in the audit's findings, found {e}.") from e
+
+        def work(conn: Connection) -> int:
+            audit_id = conn.execute(insert(AUDITS).values(values)).inserted_primary_key[0]
+            for table, rows in children:
+                _insert_many(conn, table, [{"audit_id": audit_id, **row} for row in rows])
+            return int(audit_id)
+
+        return self._write(work, "save the audit")
+
+    def latest_audit(self, data_source: str | None = None) -> Audit | None:
+        """The newest audit (of that data source when given), or None when there is none.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        where = [] if data_source is None else [AuditRow.data_source == data_source]
+        return self._load_audit(*where)
+
+    def find_audit(self, fingerprint: str) -> Audit | None:
+        """The newest audit with this fingerprint, or None (to skip an audit already done).
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        return self._load_audit(AuditRow.fingerprint == fingerprint)
+
+    def _load_audit(self, *where: Any) -> Audit | None:
+        if not self._audit_tables:  # a reader on tables from before the audit existed
+            return None
+        stmt = select(AuditRow).where(*where).order_by(AuditRow.id.desc()).limit(1)
+        with self._translated("read the audit"), Session(self._engine) as session:
+            row = session.scalars(stmt).first()
+            if row is None:
+                return None
+            children = {
+                kind: session.scalars(
+                    select(kind).where(kind.audit_id == row.id).order_by(kind.id)).all()
+                for kind in AUDIT_TABLES
+            }
+            return to_audit(row, children)
 
 
 def _same_trial(spec: RunSpec) -> tuple[Any, ...]:

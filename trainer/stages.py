@@ -1,13 +1,17 @@
-"""The four stages (baseline, pretrained, tune, final) and `run`, which chains them resumably."""
+"""The stages (baseline, pretrained, tune, final, audit) and `run`, which chains them resumably."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from storage import Run, RunSpec
+import numpy as np
+
+from storage import Run, RunSpec, StorageError
 from storage.records import Stage
 from trainer.config import Config
 from trainer.data import load_imdb
@@ -21,16 +25,24 @@ CHANCE_WARNING = (
     "the classification head of {model} was newly initialised (the checkpoint has none), so this "
     "score is chance-level; fine-tune it with `python -m trainer tune`"
 )
+UNSAVED = "unsaved"  # under the artifacts folder: finished runs whose saving gave up
 
 
 @dataclass
 class Context:
-    """What every stage shares: the resolved config, the store and the data (loaded once)."""
+    """What every stage shares: the resolved config, the store and the data (loaded once).
+
+    The config's lock_timeout bounds how long the store's writes wait for a locked or
+    unreachable database.
+    """
 
     config: Config
     store: object
     progress: bool = True
     _data: Dataset | None = None
+
+    def __post_init__(self) -> None:
+        self.store.lock_timeout_s = self.config.lock_timeout
 
     @property
     def data(self) -> Dataset:
@@ -55,10 +67,81 @@ def for_transformers(config: Config) -> Config:
 
 
 def _save(ctx: Context, spec: RunSpec, split: Split, probs, started: float) -> Run:
-    evaluation = evaluate(split.labels, probs, seed=ctx.config.seed)
     spec = replace(spec, duration_s=round(time.monotonic() - started, 3))
-    run_id = ctx.store.save_run(spec, evaluation, split.predictions(probs))
+    return _store_result(ctx, spec, split, probs)
+
+
+def _store_result(ctx: Context, spec: RunSpec, split: Split, probs) -> Run:
+    """Evaluate and store a finished stage; if the database stays out of reach, keep it on disk.
+
+    Raises:
+        TrainerError: the store gave up (after its bounded wait); the message says where the
+            result is kept, and the same command run again stores it from there.
+    """
+    evaluation = evaluate(split.labels, probs, seed=ctx.config.seed)
+    try:
+        run_id = ctx.store.save_run(spec, evaluation, split.predictions(probs))
+    except StorageError as e:
+        kept = _keep_aside(ctx, spec, split, probs)
+        raise TrainerError(
+            f"{str(e).rstrip('.')}; the finished run is kept in {kept}, and the same command "
+            "saves it from there without redoing the work (--lock-timeout N waits longer)"
+        ) from e
     return ctx.store.get_run(run_id)
+
+
+def _aside_path(ctx: Context, stage: str, key: str) -> Path:
+    return Path(ctx.config.artifacts).resolve() / UNSAVED / f"{stage}-{key}.json"
+
+
+def _keep_aside(ctx: Context, spec: RunSpec, split: Split, probs) -> Path:
+    """Write what `_store_result` needs to store the run later: its spec and probabilities.
+
+    JSON, never a pickle; the metrics are recomputed from the probabilities when it is loaded
+    back (they are deterministic), the review ids check that it is the same split.
+    """
+    path = _aside_path(ctx, spec.stage, spec.config_hash)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = {"spec": asdict(spec), "split": split.name, "review_ids": list(split.ids),
+            "probs": [float(p) for p in probs]}
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps(kept, default=_plain), encoding="utf-8")
+    partial.replace(path)  # never a half-written file under the name a later run reads
+    return path
+
+
+def _plain(value):
+    """numpy scalars become Python numbers, anything else its string (as the store does)."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _kept_aside(ctx: Context, stage: str, key: str, split: Split) -> Run | None:
+    """Store the run a previous command kept on disk for this stage and settings, if any.
+
+    Returns:
+        The stored run, or None when nothing was kept (or what was kept is for other reviews).
+
+    Raises:
+        TrainerError: the store gave up again (the file stays where it is).
+    """
+    path = _aside_path(ctx, stage, key)
+    if not path.is_file():
+        return None
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        spec = RunSpec(**{**kept["spec"], "warnings": tuple(kept["spec"]["warnings"])})
+        probs = np.asarray(kept["probs"], dtype=float)
+        same = kept["review_ids"] == list(split.ids) and spec.stage == stage
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        log.warning("%s: ignoring the unreadable kept result %s (%s)", stage, path, e)
+        return None
+    if not same:
+        log.warning("%s: %s was kept for other reviews; ignoring it", stage, path)
+        return None
+    run = _store_result(ctx, spec, split, probs)
+    path.unlink(missing_ok=True)
+    log.info("%s: stored the result kept in %s (run %d), not redone", stage, path, run.id)
+    return run
 
 
 def _done(ctx: Context, stage: str, key: str) -> Run | None:
@@ -82,6 +165,8 @@ def baseline(ctx: Context) -> Run:
     key = ctx.config.fingerprint("data", "seed")
     if (run := _done(ctx, Stage.BASELINE, key)) is not None:
         return run
+    if (run := _kept_aside(ctx, Stage.BASELINE, key, ctx.data.test)) is not None:
+        return run
     started, data = time.monotonic(), ctx.data
     model = train_baseline(data.train.texts, data.train.labels, seed=ctx.config.seed,
                            progress=ctx.progress)
@@ -101,6 +186,8 @@ def pretrained(ctx: Context) -> Run:
     c = ctx.config
     key = c.fingerprint("data", "model", "test_size", "max_length", "seed")
     if (run := _done(ctx, Stage.PRETRAINED, key)) is not None:
+        return run
+    if (run := _kept_aside(ctx, Stage.PRETRAINED, key, ctx.test_subset())) is not None:
         return run
     started, test = time.monotonic(), ctx.test_subset()
     clf = transformer.load_classifier(c.model)
@@ -155,6 +242,8 @@ def final(ctx: Context) -> Run:
     key = f"{key}-t{best.number}"
     if (run := _done(ctx, Stage.FINETUNED, key)) is not None:
         return run
+    if (run := _kept_aside(ctx, Stage.FINETUNED, key, ctx.test_subset())) is not None:
+        return run
     started, test = time.monotonic(), ctx.test_subset()
     model_dir = _final_model(ctx, best, best_trial_artifact(ctx.store, c.study))
     clf = transformer.load_classifier(str(model_dir))
@@ -204,12 +293,29 @@ def _final_model(ctx: Context, best, trial_dir: str | None) -> Path:
     return target
 
 
+def audit(ctx: Context):
+    """The audit of the data and its stored runs; one done with the same fingerprint is reused.
+
+    The fingerprint covers the data, the seed, the runs audited and the behaviour cases.
+
+    Returns:
+        The stored storage.records.Audit.
+    """
+    from trainer.audit.audit import run_audit
+
+    c = ctx.config
+    return run_audit(ctx.store, ctx.data, c, progress=ctx.progress, behaviour_file=c.behaviour,
+                     trial=c.trial)
+
+
 def run_all(ctx: Context) -> list[Run]:
-    """The main job: baseline → pretrained → tune → final; finished stages are not redone."""
+    """The main job: baseline → pretrained → tune → final → audit; finished stages are not
+    redone. Returns the three stages' runs (the audit is stored beside them)."""
     runs = [baseline(ctx)]
     ctx.config = for_transformers(ctx.config)
     runs.append(pretrained(ctx))
     if (n := remaining_trials(ctx)) > 0:
         tune(ctx, n)
     runs.append(final(ctx))
+    audit(ctx)
     return runs

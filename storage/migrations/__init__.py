@@ -1,4 +1,4 @@
-"""Alembic migrations of our tables, run programmatically when a Store opens."""
+"""Alembic migrations of our tables, run when a writing Store opens; readers only compare."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,6 +32,32 @@ def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         return context.get_current_revision()
+
+
+def head_revision() -> str:
+    """The newest revision these migrations know."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def revision_state(engine: Engine) -> tuple[str, str | None]:
+    """How the database's tables compare with these migrations; reads only, changes nothing.
+
+    Returns:
+        (state, stored revision): state is "head", "missing" (no revision stored: our tables
+        are not there), "older" (a revision before head) or "newer" (a revision these
+        migrations do not know, written by a newer version of the tool).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database cannot be read.
+    """
+    script = ScriptDirectory.from_config(alembic_config())
+    stored = current_revision(engine)
+    if stored is None:
+        return "missing", None
+    if stored == script.get_current_head():
+        return "head", stored
+    known = {revision.revision for revision in script.walk_revisions()}
+    return ("older" if stored in known else "newer"), stored
 
 
 def upgrade(engine: Engine, writer: Engine) -> None:

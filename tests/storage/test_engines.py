@@ -1,18 +1,38 @@
 """URL checks, engine settings, opening errors, and which driver errors are retried and how."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
+import psycopg
 import psycopg.errors
 import pytest
-from sqlalchemy import exc
+from sqlalchemy import event, exc, text
+from sqlalchemy.engine import make_url
 
 from storage import StorageError
-from storage.engine import RUN_KEY, is_transient, retry
+from storage.engine import (
+    LOCK_TIMEOUT_S,
+    NOTICE_AFTER_S,
+    NOTICE_EVERY_S,
+    READ_LOCK_TIMEOUT_S,
+    RUN_KEY,
+    SQLITE_BUSY_S,
+    is_connection_loss,
+    is_contention,
+    is_opening_transient,
+    is_transient,
+    patiently,
+    retry,
+    switch_to_wal,
+    wait_reason,
+)
 from storage.store import Store, open_store
 from tests.storage import samples
 
@@ -74,7 +94,9 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(tmp_path: Path
     store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
     with store._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+        # short: the retry loop waits on and says so (within 5 s), not one silent statement
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == SQLITE_BUSY_S * 1000
+        assert SQLITE_BUSY_S <= 4
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     store.close()
 
@@ -83,6 +105,15 @@ def test_sqlite_busy_timeout_is_a_parameter_of_the_store(tmp_path: Path) -> None
     with open_store(f"sqlite:///{tmp_path / 'x.db'}", busy_timeout_s=2.5) as store:
         with store._engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2500
+
+
+def test_writers_wait_for_a_lock_up_to_a_minute_and_readers_less(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    with open_store(url) as writer_store, open_store(url, read_only=True) as reader:
+        assert writer_store.lock_timeout_s == LOCK_TIMEOUT_S <= 60
+        assert reader.lock_timeout_s == READ_LOCK_TIMEOUT_S < LOCK_TIMEOUT_S
+    with open_store(url, lock_timeout_s=7) as configured:
+        assert configured.lock_timeout_s == 7
 
 
 def test_a_write_waits_out_a_short_lock_by_retrying(tmp_path: Path) -> None:
@@ -103,7 +134,7 @@ def test_a_write_waits_out_a_short_lock_by_retrying(tmp_path: Path) -> None:
 
 def test_a_write_that_stays_locked_is_a_storage_error_from_the_lock(tmp_path: Path) -> None:
     path = tmp_path / "x.db"
-    store = open_store(f"sqlite:///{path}", busy_timeout_s=0.01)
+    store = open_store(f"sqlite:///{path}", busy_timeout_s=0.01, lock_timeout_s=0.3)
     other = sqlite3.connect(path)
     other.execute("BEGIN EXCLUSIVE")
     try:
@@ -112,6 +143,7 @@ def test_a_write_that_stays_locked_is_a_storage_error_from_the_lock(tmp_path: Pa
     finally:
         other.close()
     assert "database is locked" in str(caught.value)
+    assert "after waiting 0.3 s: another process holds its lock" in str(caught.value)
     assert isinstance(caught.value.__cause__, exc.OperationalError)
     assert is_transient(caught.value.__cause__)
     assert store.list_runs() == []
@@ -299,8 +331,10 @@ NOT_TRANSIENT = {
         "no such table: sentiment_runs")),
     "pg duplicate of another key": wrapped_pg(exc.IntegrityError, psycopg.errors.UniqueViolation(
         'duplicate key value violates unique constraint "pk"')),
-    "pg connection refused": wrapped_pg(exc.OperationalError, psycopg.OperationalError(
-        "connection refused")),
+    "broken pipe from user code": BrokenPipeError(32, "Broken pipe"),
+    "connection text from user code": RuntimeError("server closed the connection unexpectedly"),
+    "a storage error raised from a lock: the retries gave up": raised_from(
+        StorageError("Could not save the baseline run after waiting 60 s"), locked()),
     # The SQL and its parameters are the caller's text, not the driver's verdict.
     "lock text in the parameters": exc.IntegrityError(
         "INSERT", {"note": "database is locked"}, sqlite3.IntegrityError("NOT NULL failed: x")),
@@ -311,13 +345,282 @@ NOT_TRANSIENT = {
 }
 
 
+CLOSED = "server closed the connection unexpectedly\n\tThis probably means the server terminated"
+TERMINATED = "terminating connection due to administrator command"
+REFUSED = ('connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+           "Connection refused\n\tIs the server running on that host and accepting connections?")
+
+
+def invalidated() -> exc.OperationalError:
+    """What SQLAlchemy raises when the dialect saw the connection die (is_disconnect)."""
+    return exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("consuming input"),
+                                connection_invalidated=True)
+
+
+CONNECTION_LOSS = {
+    "pg closed, raw": psycopg.OperationalError(CLOSED),
+    "pg closed, wrapped": wrapped_pg(exc.OperationalError, psycopg.OperationalError(CLOSED)),
+    "pg_terminate_backend 57P01, raw": psycopg.errors.AdminShutdown(TERMINATED),
+    "pg_terminate_backend 57P01, wrapped": wrapped_pg(exc.OperationalError,
+                                                      psycopg.errors.AdminShutdown(TERMINATED)),
+    "57P01 by code alone": psycopg.errors.AdminShutdown("bye"),
+    "pg starting up 57P03": psycopg.errors.CannotConnectNow("the database system is starting up"),
+    "pg connection failure 08006": psycopg.errors.ConnectionFailure("lost"),
+    "pg connection refused (server restarting)": wrapped_pg(exc.OperationalError,
+                                                            psycopg.OperationalError(REFUSED)),
+    "optuna set_user_attr, pg closed (as found)": optuna_commit_error(
+        psycopg.OperationalError(CLOSED)),
+    "optuna commit, pg terminated": optuna_commit_error(psycopg.errors.AdminShutdown(TERMINATED)),
+    "sqlalchemy marked it invalidated": invalidated(),
+    "sqlalchemy disconnection error": exc.DisconnectionError("pre-ping failed"),
+}
+
+
 @pytest.mark.parametrize("error", TRANSIENT.values(), ids=TRANSIENT.keys())
 def test_lock_waits_deadlocks_serialization_and_a_racing_run_are_transient(
     error: BaseException,
 ) -> None:
     assert is_transient(error)
+    assert is_contention(error)
+    assert not is_connection_loss(error)
+
+
+@pytest.mark.parametrize("error", CONNECTION_LOSS.values(), ids=CONNECTION_LOSS.keys())
+def test_a_dropped_terminated_or_refused_connection_is_transient_but_not_contention(
+    error: BaseException,
+) -> None:
+    assert is_transient(error)
+    assert is_connection_loss(error)
+    assert not is_contention(error)
+    assert wait_reason(error) == "the connection to it was lost or refused"
+
+
+NEVER_CONNECTED = ("pg connection refused (server restarting)", "pg starting up 57P03")
+
+
+@pytest.mark.parametrize("name", CONNECTION_LOSS.keys())
+def test_opening_waits_for_a_dropped_connection_but_not_for_one_never_made(name: str) -> None:
+    assert is_opening_transient(CONNECTION_LOSS[name]) == (name not in NEVER_CONNECTED)
+
+
+def test_opening_waits_for_a_lock() -> None:
+    assert is_opening_transient(locked())
+    assert not is_opening_transient(ValueError("value too long"))
 
 
 @pytest.mark.parametrize("error", NOT_TRANSIENT.values(), ids=NOT_TRANSIENT.keys())
 def test_errors_that_would_fail_again_are_not_transient(error: BaseException | None) -> None:
     assert not is_transient(error)
+    assert not is_connection_loss(error)
+
+
+def test_the_wait_reason_names_a_lock_or_a_conflict() -> None:
+    assert wait_reason(locked()) == "another process holds its lock"
+    assert wait_reason(psycopg.errors.DeadlockDetected(DEADLOCK)) == (
+        "a concurrent transaction got in the way")
+
+
+class Clock:
+    """A fake clock that `sleep` moves forward; each call may also cost `per_call` seconds."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+class SlowLock:
+    """A call that is locked until `free_at` on the clock, each try costing `busy_s` seconds."""
+
+    def __init__(self, clock: Clock, busy_s: float, free_at: float = float("inf")) -> None:
+        self.clock, self.busy_s, self.free_at, self.calls = clock, busy_s, free_at, 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.clock.now >= self.free_at:
+            return "done"
+        self.clock.now += self.busy_s  # SQLite's busy timeout, spent inside the statement
+        raise locked()
+
+
+def test_retry_with_a_time_bound_gives_up_once_the_time_has_passed() -> None:
+    clock = Clock()
+    call = SlowLock(clock, busy_s=1.0)
+    with pytest.raises(exc.OperationalError):
+        retry(call, attempts=None, timeout_s=10, max_delay_s=1.0, sleep=clock.sleep,
+              clock=clock, jitter=lambda: 0.5)
+    assert 10 <= clock.now - 100 <= 10 + 1.0  # the bound, overshot by one attempt at most
+    assert sum(clock.waits) + call.calls * 1.0 == pytest.approx(clock.now - 100)
+
+
+def test_retry_cuts_the_last_wait_to_what_is_left() -> None:
+    clock = Clock()
+    call = SlowLock(clock, busy_s=0.0)
+    with pytest.raises(exc.OperationalError):
+        retry(call, attempts=None, timeout_s=3.0, first_delay_s=2.0, max_delay_s=2.0,
+              sleep=clock.sleep, clock=clock, jitter=lambda: 0.5)
+    assert clock.waits == pytest.approx([2.0, 1.0])
+
+
+def test_retry_needs_a_bound() -> None:
+    with pytest.raises(ValueError, match="attempts or timeout_s"):
+        retry(Flaky(), attempts=None)
+
+
+def test_retry_takes_the_transient_test_it_is_given() -> None:
+    lost = psycopg.OperationalError(CLOSED)
+    with pytest.raises(psycopg.OperationalError):
+        retry(Flaky(lost), attempts=3, sleep=lambda s: None, transient=is_contention)
+    assert retry(Flaky(lost), attempts=3, sleep=lambda s: None) == "done"
+
+
+def test_patiently_says_what_it_waits_for_after_two_seconds_then_every_ten() -> None:
+    clock, told = Clock(), []
+    call = SlowLock(clock, busy_s=1.0, free_at=100 + 40)
+    result = patiently(call, "sqlite:///runs/x.db", timeout_s=60, notify=told.append,
+                       sleep=clock.sleep, clock=clock)
+    assert result == "done"
+    assert told[0].startswith("waiting for the database sqlite:///runs/x.db: another process "
+                              "holds its lock (")
+    assert told[0].endswith(" s so far; giving up after 60 s)")
+    so_far = [float(line.split("(")[1].split(" s so far")[0]) for line in told]
+    assert NOTICE_AFTER_S <= so_far[0] < 5  # within 5 s of starting to wait
+    assert all(b - a >= NOTICE_EVERY_S for a, b in zip(so_far, so_far[1:], strict=False))
+    assert len(told) == 4  # about 2, 12, 22 and 32 s into a 40 s wait
+
+
+def test_patiently_is_silent_about_a_short_wait() -> None:
+    clock, told = Clock(), []
+    call = SlowLock(clock, busy_s=0.2, free_at=100 + 1)
+    assert patiently(call, "sqlite://", notify=told.append, sleep=clock.sleep,
+                     clock=clock) == "done"
+    assert told == []
+
+
+def test_patiently_gives_up_with_the_last_error_after_the_bound() -> None:
+    clock, told = Clock(), []
+    with pytest.raises(exc.OperationalError, match="database is locked"):
+        patiently(SlowLock(clock, busy_s=1.0), "sqlite://", timeout_s=5, notify=told.append,
+                  sleep=clock.sleep, clock=clock)
+    assert clock.now - 100 <= 5 + 1.0
+    assert len(told) == 1
+
+
+def rollback_journal_locked(path: Path) -> sqlite3.Connection:
+    """Another process's connection holding BEGIN EXCLUSIVE on a rollback-journal file."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA journal_mode = DELETE")
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
+def test_opening_a_locked_database_says_so_and_gives_up_after_the_lock_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "x.db"
+    open_store(f"sqlite:///{path}").close()
+    holder = rollback_journal_locked(path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="storage.engine"), \
+                pytest.raises(StorageError) as caught:
+            open_store(f"sqlite:///{path}", lock_timeout_s=3)
+    finally:
+        holder.close()
+    message = str(caught.value)
+    assert message.startswith(f"Could not open our tables in sqlite:///{path} after waiting 3 s:")
+    assert "another process holds its lock (database is locked)" in message
+    assert "\n" not in message
+    waits = [r.getMessage() for r in caplog.records]
+    assert waits and waits[0].startswith(f"waiting for the database sqlite:///{path}: another "
+                                         "process holds its lock (")
+    assert waits[0].endswith("giving up after 3 s)")
+
+
+def test_switching_a_locked_file_to_wal_gives_up(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    holder = rollback_journal_locked(path)
+    conn = sqlite3.connect(path, timeout=0.05)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            switch_to_wal(conn.cursor(), timeout_s=0.5)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            switch_to_wal(conn.cursor())  # one try: the caller's loop waits
+    finally:
+        conn.close()
+        holder.close()
+
+
+# --- PostgreSQL connections that drop ----------------------------------------------------
+
+
+def tagged(url: str, tag: str) -> str:
+    """The URL with an application_name, so a test terminates only its own backends."""
+    return f"{url}&application_name={tag}" if "?" in url else f"{url}?application_name={tag}"
+
+
+def terminate(url: str, tag: str) -> int:
+    """pg_terminate_backend on every backend of the test database with this application_name.
+
+    Only the test database's backends, never this connection's own; waits until they are gone.
+    """
+    plain = make_url(url).set(drivername="postgresql", query={}).render_as_string(
+        hide_password=False)
+    with psycopg.connect(plain, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = %s "
+            "AND pid <> pg_backend_pid()", [tag]).fetchall()
+    return len(rows)
+
+
+@contextlib.contextmanager
+def terminated_once_before(engine: object, url: str, tag: str, sql: str) -> Iterator[list[str]]:
+    """Terminate the connection the first time `engine` is about to run a statement like `sql`.
+
+    Yields the statements like `sql` that were run: two when the first was run again.
+    """
+    fired: list[str] = []
+
+    def before(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        if statement.lstrip().upper().startswith(sql):
+            fired.append(statement)
+            if len(fired) == 1:
+                terminate(url, tag)
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield fired
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+def test_a_dead_pooled_postgresql_connection_is_discarded(pg_schema_url: str) -> None:
+    tag = f"t-{uuid.uuid4().hex[:8]}"
+    url = tagged(pg_schema_url, tag)
+    with open_store(url) as store:
+        store.save_run(samples.spec(), samples.evaluation())
+        assert terminate(url, tag) >= 1  # the pooled, idle connection
+        store.save_run(samples.spec(), samples.evaluation())
+        assert len(store.list_runs()) == 2
+
+
+def test_a_write_whose_connection_is_terminated_mid_transaction_is_run_again_once(
+    pg_schema_url: str,
+) -> None:
+    tag = f"t-{uuid.uuid4().hex[:8]}"
+    url = tagged(pg_schema_url, tag)
+    with open_store(url) as store:
+        with terminated_once_before(store._engine, url, tag, "INSERT INTO SENTIMENT_RUNS") as hit:
+            run_id = store.save_run(samples.spec(), samples.evaluation(), samples.predictions())
+        assert len(hit) == 2  # the first attempt lost its connection, the second went through
+        runs = store.list_runs()
+        assert [r.id for r in runs] == [run_id]  # applied once: the lost attempt rolled back
+        assert len(store.predictions(run_id)) == 4
+        with store._engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM sentiment_runs")).scalar() == 1

@@ -54,7 +54,7 @@ def best_trial_artifact(store: Any, study_name: str) -> str | None:
     """The saved model folder of the study's best trial, if it is still on disk.
 
     Args:
-        store: our Store on the study's database.
+        store: our Store on the study's database (its lock_timeout_s bounds the waits).
         study_name: the study.
 
     Returns:
@@ -62,7 +62,8 @@ def best_trial_artifact(store: Any, study_name: str) -> str | None:
         (stage 4 then retrains with the best parameters).
     """
     try:
-        study = optuna.load_study(study_name=study_name, storage=optuna_storage(store.url, 0))
+        storage = optuna_storage(store.url, 0, lock_timeout_s=store.lock_timeout_s)
+        study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return None
     best = ranked(study.get_trials(deepcopy=False))[:1]

@@ -5,13 +5,14 @@ simulated fine-tuning curves (bench/results/README.md); a trial's last epoch is 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import optuna
 
+from storage.errors import StorageError
 from trainer.config import Config
 from trainer.errors import TrainerError, TrainingDiverged, TrialFailed
 from trainer.splits import Split
@@ -28,6 +30,8 @@ from trainer.tuning.storage import optuna_storage
 from trainer.tuning.trials import EPOCH_METRICS, FAIL_REASON, TrialRecord, log_trial, quiet_optuna
 
 log = logging.getLogger(__name__)
+
+CANNOT_TELL = "Cannot tell a FAIL trial"  # Optuna's words for a trial finished by someone else
 
 
 class TrainModel(Protocol):
@@ -108,7 +112,7 @@ def open_study(config: Config, *, create: bool, seed: int | None = None,
         TrainerError: create is False and the study does not exist.
         StorageError: the database cannot be opened.
     """
-    storage = optuna_storage(config.db, config.heartbeat)
+    storage = optuna_storage(config.db, config.heartbeat, lock_timeout_s=config.lock_timeout)
     name = config.study
     try:
         existing = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
@@ -208,11 +212,55 @@ def _optimize(study: optuna.Study, config: Config, train: Split, validation: Spl
         train_model = fine_tune_and_save
     objective = _Objective(config, train, validation, store, data_source or config.data,
                            train_model)
-    with quiet_optuna():
-        study.optimize(objective, n_trials=n_trials, catch=(TrialFailed,),
-                       callbacks=[keep_best_artifacts(objective.artifacts, KEEP_ARTIFACTS),
-                                  log_trial], show_progress_bar=progress)
+    while objective.calls < n_trials:
+        try:
+            with quiet_optuna(), _storage_errors_first():
+                study.optimize(objective, n_trials=n_trials - objective.calls,
+                               catch=(TrialFailed,),
+                               callbacks=[keep_best_artifacts(objective.artifacts,
+                                                              KEEP_ARTIFACTS), log_trial],
+                               show_progress_bar=progress)
+        except ValueError as e:  # "Cannot tell a FAIL trial": it was reaped while running
+            if not str(e).startswith(CANNOT_TELL) or not _reaped_meanwhile(study,
+                                                                           objective.last):
+                raise
+            log.warning("trial %d: failed by another worker while it ran (its heartbeat came "
+                        "too late); going on with the next trial", objective.last)
+        else:
+            break
     return study
+
+
+def _reaped_meanwhile(study: optuna.Study, number: int | None) -> bool:
+    """Whether the trial this process was running has been failed by another process."""
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    return number is not None and any(t.number == number for t in failed)
+
+
+@contextlib.contextmanager
+def _storage_errors_first() -> Iterator[None]:
+    """The first StorageError behind what optimize raised is raised instead: one clear line.
+
+    When the database is out of reach Optuna's own clean-up after the trial fails too, and
+    what escapes it (a later StorageError, even an UnboundLocalError from its `finally`) only
+    hides the first failure.
+    """
+    try:
+        yield
+    except Exception as e:
+        causes = [link for link in _chain(e) if isinstance(link, StorageError)]
+        if not causes or causes[-1] is e:
+            raise
+        raise causes[-1]  # keeps its own cause, the driver's error, for --debug
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
 
 
 def _check_model(name: str) -> None:
@@ -236,28 +284,39 @@ class _Objective:
     data_source: str
     train_model: TrainModel
     artifacts: Path = field(init=False)
+    calls: int = 0  # trials started by this process
+    last: int | None = None  # the number of the trial it started last
 
     def __post_init__(self) -> None:
         self.artifacts = Path(self.config.artifacts).resolve() / study_dir_name(self.config.study)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        params = suggest(trial, self.config.search_space)
-        trial.set_user_attr(EPOCH_METRICS, [])  # a retried trial inherits its original's attrs
-        record = TrialRecord(self.config, self.validation, self.store, self.data_source, trial,
-                             params)
+        self.calls, self.last = self.calls + 1, trial.number
         try:
-            return self._train(record)
+            return self._train(self._record(trial))
         except optuna.TrialPruned:
             raise
+        except optuna.exceptions.UpdateFinishedTrialError as e:  # it says why (REAPED)
+            raise TrialFailed(f"trial {trial.number} was failed by another worker") from e
         except KeyboardInterrupt:
             _set_fail_reason(trial, "interrupted (Ctrl-C) while training")
             raise
+        except StorageError as e:  # waited out already: the worker stops, with this line
+            _set_fail_reason(trial, f"storage: {_one_line(e)}")
+            raise
         except Exception as e:
             reason = _failure_reason(e)
-            if reason is None:
+            if reason is None:  # a bug: the study stops, but the trial still says why
+                _set_fail_reason(trial, f"error: {type(e).__name__}: {_one_line(e)}")
                 raise
             _set_fail_reason(trial, reason)
             raise TrialFailed(f"trial {trial.number} failed: {reason}") from e
+
+    def _record(self, trial: optuna.Trial) -> TrialRecord:
+        params = suggest(trial, self.config.search_space)
+        trial.set_user_attr(EPOCH_METRICS, [])  # a retried trial inherits its original's attrs
+        return TrialRecord(self.config, self.validation, self.store, self.data_source, trial,
+                           params)
 
     def _train(self, record: TrialRecord) -> float:
         c = self.config
@@ -277,7 +336,7 @@ class _Objective:
 
 def _failure_reason(error: Exception) -> str | None:
     """Why a trial failed, when it is a failure the study should survive; None otherwise."""
-    text = " ".join(str(error).split())[:300]
+    text = _one_line(error)
     if isinstance(error, TrainingDiverged):
         return f"training diverged: {text}"
     oom = ("out of memory", "can't allocate memory", "cannot allocate memory")
@@ -288,8 +347,15 @@ def _failure_reason(error: Exception) -> str | None:
     return None
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
+
+
 def _set_fail_reason(trial: optuna.Trial, reason: str) -> None:
     try:
         trial.set_user_attr(FAIL_REASON, reason)
-    except optuna.exceptions.OptunaError as e:  # the database may be what failed
+    except StorageError:  # the database is what failed; a heartbeat reaper will say so
+        log.warning("could not store why trial %d failed: the database is out of reach",
+                    trial.number)
+    except optuna.exceptions.OptunaError as e:
         log.warning("could not store why trial %d failed (%s): %s", trial.number, reason, e)

@@ -321,7 +321,33 @@ def test_an_unexpected_error_stops_the_study_and_is_not_hidden(
     config = make_config(sqlite_url, tmp_path)
     with pytest.raises(ValueError, match="a bug"):
         run_tune(config, store_for(sqlite_url), 3, train_model=broken)
-    assert states(tuning.open_study(config, create=False)) == [TrialState.FAIL]
+    (trial,) = tuning.open_study(config, create=False).get_trials(deepcopy=False)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs[FAIL_REASON] == "error: ValueError: a bug"  # every FAIL says why
+
+
+def test_a_trial_reaped_while_its_worker_still_runs_fails_and_the_study_goes_on(
+    sqlite_url: str, tmp_path: Path, store_for: Callable[[str], Any]
+) -> None:
+    config = make_config(sqlite_url, tmp_path)
+    reaper = tuning_storage.optuna_storage(sqlite_url, 0)
+    training = FakeTraining()
+
+    def late_heartbeat(*args: Any, save_to: Path, **kwargs: Any) -> Path:
+        number = int(save_to.name.split("-")[1])
+        if number == 0:  # another worker found its heartbeat stale and failed it
+            trial_id = reaper.get_trial_id_from_study_id_trial_number(
+                reaper.get_study_id_from_name(config.study), number)
+            assert reaper.set_trial_state_values(trial_id, TrialState.FAIL)
+            reaper.set_fail_reason_of_finished(config.study, number, tuning_storage.REAPED)
+        return training(*args, save_to=save_to, **kwargs)
+
+    study = run_tune(config, store_for(sqlite_url), 2, train_model=late_heartbeat)
+    first, second = study.get_trials(deepcopy=False)
+    assert (first.state, first.user_attrs[FAIL_REASON]) == (TrialState.FAIL,
+                                                            tuning_storage.REAPED)
+    assert second.state == TrialState.COMPLETE
+    reaper.engine.dispose()
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):
