@@ -153,3 +153,41 @@ def contributions_chart(frame: pd.DataFrame) -> alt.Chart:
         color=alt.Color("towards:N", scale=CLASS_COLORS, title="towards"),
         tooltip=["token:N", alt.Tooltip("weight:Q", format=".4f")],
     ).properties(title="words that drove the decision")
+
+
+def behaviour_chart(frame: pd.DataFrame) -> alt.LayerChart:
+    """Failure rate of each behavioural test per model (`audit_views.behaviour_frame`): a point
+    per model with its 95% interval as a bar."""
+    base = alt.Chart(frame).encode(
+        y=alt.Y("test:N", title=None, sort=None, axis=alt.Axis(labelLimit=320)),
+        yOffset=alt.YOffset("model:N"),
+        color=alt.Color("model:N", title="model",
+                        legend=alt.Legend(orient="bottom", columns=1, labelLimit=400)),
+        tooltip=["test:N", "kind:N", "model:N", alt.Tooltip("n:Q", format=",d"),
+                 alt.Tooltip("failures:Q", format=",d"),
+                 alt.Tooltip("failure_rate:Q", format=".1%", title="failure rate"),
+                 alt.Tooltip("interval:N", title="95% interval")])
+    bars = base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("ci_low:Q", title="failure rate (bars: 95% Wilson interval)",
+                scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        x2="ci_high:Q")
+    points = base.mark_point(filled=True, size=70).encode(x="failure_rate:Q")
+    return (bars + points).properties(title="behavioural tests: failure rate per model")
+
+
+def slice_accuracy_chart(frame: pd.DataFrame, by: str) -> alt.LayerChart:
+    """Accuracy per slice (`audit_views.slices_frame`), one point per model with its 95%
+    interval, buckets in their own order."""
+    base = alt.Chart(frame).encode(
+        x=alt.X("bucket:N", title="review length" if by == "length" else by,
+                sort=alt.EncodingSortField("order", op="min"), axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("model:N"),
+        color=alt.Color("model:N", title="model",
+                        legend=alt.Legend(orient="bottom", columns=1, labelLimit=400)),
+        tooltip=["bucket:N", "model:N", alt.Tooltip("n:Q", format=",d"),
+                 alt.Tooltip("accuracy:Q", format=".3f"),
+                 alt.Tooltip("interval:N", title="95% interval")])
+    bars = base.mark_rule(strokeWidth=2).encode(
+        y=alt.Y("ci_low:Q", title="accuracy", scale=alt.Scale(zero=False)), y2="ci_high:Q")
+    points = base.mark_point(filled=True, size=60).encode(y="accuracy:Q")
+    return (bars + points).properties(title=f"accuracy by {by}", height=300)

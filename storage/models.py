@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Float,
@@ -186,3 +187,111 @@ class ReviewRow(Base):
     split: Mapped[str] = mapped_column(String(32))
     review_id: Mapped[str] = mapped_column(String(256))
     text: Mapped[str] = mapped_column(Text)
+
+
+# --- the data and model audit ---------------------------------------------------------------
+
+
+class AuditRow(Base):
+    """One audit of a data source; its findings are in the sentiment_audit_* tables."""
+
+    __tablename__ = "sentiment_audits"
+    __table_args__ = (
+        Index(None, "data_source"),
+        Index(None, "fingerprint"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    data_source: Mapped[str] = mapped_column(String(1024))
+    # What the audit covered (data, seed, runs): an audit with the same one is not redone.
+    fingerprint: Mapped[str | None] = mapped_column(String(128))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    leaked_test_ids: Mapped[list[str]] = mapped_column(JSON)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+def _audit_fk() -> Any:
+    return ForeignKey("sentiment_audits.id", ondelete="CASCADE")
+
+
+class AuditDuplicateRow(Base):
+    """One group of exact or near duplicate reviews; members: [[split, review_id, label], …]."""
+
+    __tablename__ = "sentiment_audit_duplicates"
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    audit_id: Mapped[int] = mapped_column(_audit_fk(), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[str] = mapped_column(String(16))
+    conflicting: Mapped[bool] = mapped_column(Boolean)
+    members: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class AuditLabelIssueRow(Base):
+    """One label-issue candidate: a review whose given label a model finds unlikely."""
+
+    __tablename__ = "sentiment_audit_label_issues"
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    audit_id: Mapped[int] = mapped_column(_audit_fk(), index=True)
+    split: Mapped[str] = mapped_column(String(32))
+    review_id: Mapped[str] = mapped_column(String(256))
+    given_label: Mapped[int] = mapped_column(Integer)
+    prob_positive: Mapped[float | None] = mapped_column(Float)
+    rank: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(Text)
+
+
+class AuditBehaviourRow(Base):
+    """One behavioural test of one model; run_id is no foreign key: audits outlive runs."""
+
+    __tablename__ = "sentiment_audit_behaviour"
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    audit_id: Mapped[int] = mapped_column(_audit_fk(), index=True)
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(Text)
+    test: Mapped[str] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(Integer)
+    failures: Mapped[int] = mapped_column(Integer)
+    ci_low: Mapped[float | None] = mapped_column(Float)
+    ci_high: Mapped[float | None] = mapped_column(Float)
+    examples: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class AuditSliceRow(Base):
+    """Accuracy of one run on one slice (by length or rating) of the reviews it scored."""
+
+    __tablename__ = "sentiment_audit_slices"
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    audit_id: Mapped[int] = mapped_column(_audit_fk(), index=True)
+    run_id: Mapped[int] = mapped_column(Integer)
+    slice_by: Mapped[str] = mapped_column(String(32))
+    bucket: Mapped[str] = mapped_column(String(128))
+    n: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    ci_low: Mapped[float | None] = mapped_column(Float)
+    ci_high: Mapped[float | None] = mapped_column(Float)
+
+
+class AuditTruncationRow(Base):
+    """How many test reviews one transformer run cut at its max length, accuracy each side."""
+
+    __tablename__ = "sentiment_audit_truncation"
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    audit_id: Mapped[int] = mapped_column(_audit_fk(), index=True)
+    run_id: Mapped[int] = mapped_column(Integer)
+    max_length: Mapped[int] = mapped_column(Integer)
+    n: Mapped[int] = mapped_column(Integer)
+    truncated: Mapped[int] = mapped_column(Integer)
+    accuracy_truncated: Mapped[float | None] = mapped_column(Float)
+    accuracy_untruncated: Mapped[float | None] = mapped_column(Float)
+
+
+AUDIT_TABLES = (AuditDuplicateRow, AuditLabelIssueRow, AuditBehaviourRow, AuditSliceRow,
+                AuditTruncationRow)

@@ -150,3 +150,119 @@ def run_label(run_id: int, spec: RunSpec) -> str:
     stage = Stage(spec.stage).display if spec.stage in STAGES else spec.stage
     study = f", study {spec.study}" if spec.study else ""
     return f"{stage}: {Path(spec.model).name or spec.model}{study} (run {run_id})"
+
+
+# --- the data and model audit (python -m trainer audit) -------------------------------------
+
+
+@dataclass(frozen=True)
+class ReviewRef:
+    """One review of a split, as an audit finding names it."""
+
+    split: str  # "train" | "test"
+    review_id: str
+    label: int
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Reviews that are the same text (exact, after normalising whitespace and case) or nearly.
+
+    kind: "exact" | "near" (MinHash Jaccard estimate at or above the audit's threshold).
+    scope: "train" | "test" (all members in that split) | "cross" (members in both splits).
+    conflicting: the members do not all carry the same label.
+    """
+
+    kind: str
+    scope: str
+    members: tuple[ReviewRef, ...]
+    conflicting: bool
+
+
+@dataclass(frozen=True)
+class LabelIssue:
+    """A review whose given label a model finds unlikely (a candidate; labels are never changed).
+
+    prob_positive: the model's positive-class probability (out-of-fold for the train split).
+    rank: 1 for the most suspicious review of its split.
+    method: how it was found, e.g. "cleanlab find_label_issues (self_confidence), 5-fold
+        out-of-fold TF-IDF baseline".
+    """
+
+    split: str
+    review_id: str
+    given_label: int
+    prob_positive: float
+    rank: int
+    method: str
+
+
+@dataclass(frozen=True)
+class BehaviourResult:
+    """One behavioural test (CheckList style) of one model: how often it failed, of n cases.
+
+    kind: "MFT" (minimum functionality: expected label), "INV" (invariance: prediction must not
+        flip) or "DIR" (directional: probability must move the expected way).
+    ci_low, ci_high: 95% interval of the failure rate (Wilson).
+    examples: a few failing cases, each {"text": …, "expected": …, "prob_positive": …}.
+    """
+
+    run_id: int | None  # the stored run whose model was tested; None for a model not stored
+    model: str  # run_label of that run, or the model's name
+    test: str
+    kind: str
+    n: int
+    failures: int
+    ci_low: float
+    ci_high: float
+    examples: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failures / self.n if self.n else float("nan")
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """Accuracy of one stored run on one slice of the reviews it was scored on."""
+
+    run_id: int
+    by: str  # "length" (character quantiles) | "rating" (stars, where the source has them)
+    bucket: str  # e.g. "≤ 512 chars", "513–1,024 chars", "1★"
+    n: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class TruncationResult:
+    """How many test reviews a transformer run cut at its max length, and accuracy on each side."""
+
+    run_id: int
+    max_length: int
+    n: int
+    truncated: int
+    accuracy_truncated: float  # NaN when no review was truncated
+    accuracy_untruncated: float  # NaN when every review was truncated
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Everything one audit of a data source found; stored and read back as one record.
+
+    leaked_test_ids: test review ids whose normalised text also appears in the train split;
+        the "deduplicated test" figures leave them out.
+    """
+
+    data_source: str
+    duplicates: tuple[DuplicateGroup, ...]
+    label_issues: tuple[LabelIssue, ...]
+    behaviour: tuple[BehaviourResult, ...]
+    slices: tuple[SliceResult, ...]
+    truncation: tuple[TruncationResult, ...]
+    leaked_test_ids: tuple[str, ...]
+    config: dict[str, Any] = field(default_factory=dict)
+    duration_s: float | None = None
+    id: int | None = None
+    created_at: datetime | None = None

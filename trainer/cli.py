@@ -68,10 +68,12 @@ def _config(args: argparse.Namespace) -> Config:
     return build_config(vars(args), command=args.command)
 
 
-def _store(config: Config):
+def _store(config: Config, *, read_only: bool = False):
     from storage.store import open_store
 
-    return open_store(config.db)
+    if read_only:  # predict and report only read: they never migrate or create anything
+        return open_store(config.db, read_only=True)
+    return open_store(config.db, lock_timeout_s=config.lock_timeout)
 
 
 def _context(args: argparse.Namespace):
@@ -151,13 +153,16 @@ def run_predict(args: argparse.Namespace) -> int:
             data = Path(args.file).read_bytes()
         except OSError as e:
             raise DataError(f"cannot read {args.file}: {e.strerror}; check the path") from e
-        texts += read_reviews_csv(data, args.file).reviews
+        table = read_reviews_csv(data, args.file)
+        if table.notice:  # stdout stays JSON lines only
+            print(f"note: {table.notice}", file=sys.stderr)
+        texts += table.reviews
     if not texts:
         raise TrainerError("no review given; pass TEXT arguments or --file reviews.csv")
     texts = [validate_review(t) for t in texts]
     predictor = load_predictor(
-        _store(config), args.model_ref, max_length=args.max_length, study=config.study,
-        fast=args.fast,
+        _store(config, read_only=True), args.model_ref, max_length=args.max_length,
+        study=config.study, fast=args.fast,
     )
     for prob in predictor.predict_proba(texts):
         label, score = label_of(float(prob))
@@ -180,10 +185,29 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from trainer.report import build_report, render
+    from storage.store import NotFilledError, open_store
+    from trainer.report import build_report, empty_report, render
 
-    report = build_report(_store(_config(args)), with_trials=args.with_trials)
+    note = None
+    try:  # a report only reads: nothing is created, migrated or switched to WAL
+        store = open_store(_config(args).db, read_only=True)
+    except NotFilledError as e:  # nothing stored yet: an empty report, and what fills it
+        report, note = empty_report(), str(e)
+    else:
+        with store:
+            report = build_report(store, with_trials=args.with_trials)
     print(json.dumps(report, indent=2) if args.json else render(report))
+    if note is not None and not args.json:  # --json prints the one object, nothing else
+        print(f"\n{note}")
+    return 0
+
+
+def run_audit_command(args: argparse.Namespace) -> int:
+    from trainer import stages
+    from trainer.report import audit_summary
+
+    ctx = _context(args)
+    print(audit_summary(ctx.store, stages.audit(ctx)))
     return 0
 
 
@@ -232,6 +256,12 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "what the database holds: one row per evaluated model, one per study",
         add_report_arguments,
         run_report,
+    ),
+    "audit": (
+        "audit the data and the stored models: duplicates and leakage, label issues, behaviour, "
+        "slices, truncation",
+        add_stage_arguments,
+        run_audit_command,
     ),
 }
 

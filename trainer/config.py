@@ -14,7 +14,8 @@ from trainer.errors import ConfigError
 DEFAULT_MODEL = "JamesH/Movie_review_sentiment_analysis_model"
 DEFAULT_DATA = "stanfordnlp/imdb"
 
-COMMAND_NAMES = ("run", "baseline", "pretrained", "tune", "worker", "final", "predict", "report")
+COMMAND_NAMES = ("run", "baseline", "pretrained", "tune", "worker", "final", "predict", "report",
+                 "audit")
 
 # Which command reads which option, from what each one calls (stages.py, tuning/study.py,
 # report.py, predict.py); `run` chains the four stages, so it reads them all.
@@ -23,6 +24,7 @@ SCORING = frozenset({"run", "pretrained", "final"})  # score the test subset wit
 TRANSFORMER_STAGES = TUNING | SCORING
 STAGES = TRANSFORMER_STAGES | {"baseline"}
 EVERY = frozenset(COMMAND_NAMES)
+AUDIT = frozenset({"audit"})  # reads the data and the stored runs; `run` ends with it
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,15 @@ class Config:
     db: str = option("sqlite:///runs/sentiment.db", env="SENTIMENT_DB", metavar="URL",
                      help="database URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB",
                      commands=EVERY)
-    data: str = option(DEFAULT_DATA, env="IMDB_DATA", metavar="SRC", commands=STAGES,
+    data: str = option(DEFAULT_DATA, env="IMDB_DATA", metavar="SRC", commands=STAGES | AUDIT,
                        help="hub id, or a folder of train/test parquet, csv or jsonl files, "
                             "or an aclImdb folder")
     model: str = option(DEFAULT_MODEL, env="SENTIMENT_MODEL", metavar="ID_OR_DIR",
                         help="hub id, local model folder, or minilm-offline",
                         commands=TRANSFORMER_STAGES)
     study: str = option("imdb-finetune", env="SENTIMENT_STUDY", metavar="NAME",
-                        help="Optuna study name", commands=TUNING | {"final", "predict"})
+                        help="Optuna study name",
+                        commands=TUNING | {"final", "predict"} | AUDIT)
     trials: int | None = option(None, env="SENTIMENT_TRIALS", kind=int, commands=TUNING,
                                 help="trials to run: tune and worker add this many, "
                                      "run tops the study up to this many")
@@ -104,24 +107,40 @@ class Config:
                                         "scored on (a seeded, label-stratified subset)")
     max_length: int | None = option(None, env="SENTIMENT_MAX_LENGTH", kind=int,
                                     commands=TRANSFORMER_STAGES, help="tokens kept per review")
-    seed: int = option(42, env="SENTIMENT_SEED", kind=int, commands=STAGES,
+    seed: int = option(42, env="SENTIMENT_SEED", kind=int, commands=STAGES | AUDIT,
                        help="seed of the subsets, the training and the sampler")
     artifacts: str = option("runs/artifacts", env="SENTIMENT_ARTIFACTS", metavar="DIR",
                             help="folder for saved models", commands=STAGES - {"pretrained"})
     heartbeat: int = option(60, env="SENTIMENT_HEARTBEAT", kind=int, commands=TUNING,
                             help="seconds between a running trial's heartbeats, 0 for none; a "
                                  "trial whose worker stops beating is failed and retried once")
+    lock_timeout: int = option(60, env="SENTIMENT_LOCK_TIMEOUT", kind=int, commands=STAGES,
+                               help="seconds a command waits in all for a locked or unreachable "
+                                    "database (saying so after 2 s) before it gives up; a "
+                                    "finished stage's result is then kept on disk")
     batch_size: int | None = option(None, env="SENTIMENT_BATCH_SIZE", kind=int, commands=SCORING,
                                     help="reviews per batch when scoring the test subset")
+    behaviour: str | None = option(None, env="SENTIMENT_BEHAVIOUR", metavar="FILE",
+                                   commands=AUDIT | {"run"},
+                                   help="JSONL file of your own behavioural test cases, run on "
+                                        "every audited model beside the built-in ones")
+    trial: int | None = option(None, env="SENTIMENT_AUDIT_TRIAL", kind=int, commands=AUDIT,
+                               help="also audit the model of this trial of --study")
     search_space: dict[str, Any] = option(default_factory=dict, env=None, flag=False,
                                           commands=TUNING,
                                           help="hyperparameter ranges (config file only)")
 
     def __post_init__(self) -> None:
+        if self.trial is not None and (not isinstance(self.trial, int) or self.trial < 0):
+            raise ConfigError(f"trial must be a trial number ≥ 0, got {self.trial!r}")
         for name in ("trials", "train_size", "eval_size", "test_size", "max_length", "batch_size"):
             value, least = getattr(self, name), 0 if name == "trials" else 1
             if value is not None and (not isinstance(value, int) or value < least):
                 raise ConfigError(f"{name} must be a whole number ≥ {least}, got {value!r}")
+        if not isinstance(self.lock_timeout, int) or self.lock_timeout < 1:
+            raise ConfigError(
+                f"lock_timeout must be a whole number of seconds ≥ 1, got {self.lock_timeout!r}"
+            )
         if self.heartbeat < 0:
             raise ConfigError(
                 f"heartbeat must be 0 (off) or a number of seconds, got {self.heartbeat}"

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -21,12 +22,15 @@ from trainer.splits import Dataset, Split
 SPLITS = ("train", "test")
 FORMATS = ("parquet", "csv", "jsonl")  # looked for in this order
 REQUIRED = ["label", "text"]
+OPTIONAL = ["review_id", "rating"]  # read when present; rating: the review's stars
 _ACL_FILE = re.compile(r"^(\d+)_(\d+)\.txt$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _HINT = (
     "pass --data DIR (or IMDB_DATA) with train/test parquet/csv/jsonl files or an aclImdb folder, "
     "e.g. --data ../shared/data/imdb"
 )
+log = logging.getLogger(__name__)
+
 
 def load_imdb(source: str, *, progress: bool = False) -> Dataset:
     """Load IMDB from a folder of train/test parquet/csv/jsonl files, an aclImdb folder
@@ -131,7 +135,7 @@ def _read_parquet(file: Path) -> _Table:
 
     try:
         names = pq.read_schema(file).names
-        wanted = [c for c in ("text", "label", "review_id") if c in names]
+        wanted = [c for c in ("text", "label", *OPTIONAL) if c in names]
         table = pq.read_table(file, columns=wanted)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise DataError(f"could not read {file.name} as parquet ({e}); rewrite the file") from None
@@ -139,16 +143,17 @@ def _read_parquet(file: Path) -> _Table:
     columns: dict[str, Any] = {}
     for name in table.column_names:
         try:
-            columns[name] = table[name].to_pylist() if name != "label" else _arrow_labels(table)
+            numeric = name in ("label", "rating")
+            columns[name] = _arrow_numbers(table, name) if numeric else table[name].to_pylist()
         except UnicodeDecodeError:
             raise DataError(_bad_utf8_row(file.name, table[name])) from None
     return _Table(file.name, columns)
 
 
-def _arrow_labels(table: Any) -> list[Any] | np.ndarray:
+def _arrow_numbers(table: Any, name: str) -> list[Any] | np.ndarray:
     import pyarrow as pa
 
-    column = table["label"]
+    column = table[name]
     numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
     if numeric and column.null_count == 0:  # the fast path for the usual int8/int64 labels
         return column.to_numpy()
@@ -187,7 +192,7 @@ def _read_csv(name: str, text: str) -> _Table:
     columns = {
         h: [r[i] for r in rows]
         for i, h in enumerate(header)
-        if h in ("text", "label", "review_id")
+        if h in ("text", "label", *OPTIONAL)
     }
     columns["text"] = [t if t != "" else None for t in columns["text"]]  # csv cannot hold null
     return _Table(name, columns, lines)
@@ -232,7 +237,7 @@ def _read_jsonl(name: str, text: str) -> _Table:
     missing = next((i for i, r in enumerate(records) if not set(REQUIRED) <= r.keys()), None)
     if missing is not None:
         raise DataError(f"line {lines[missing]} of {name} lacks 'text' or 'label'; add both")
-    wanted = [k for k in ("text", "label", "review_id") if k in keys]
+    wanted = [k for k in ("text", "label", *OPTIONAL) if k in keys]
     return _Table(name, {k: [r.get(k) for r in records] for k in wanted}, lines)
 
 
@@ -261,7 +266,7 @@ def _to_split(table: _Table, split: str) -> Split:
             )
     ids = table.columns.get("review_id")
     ids = [f"{split}/{i}" for i in range(len(texts))] if ids is None else _ids(table, ids)
-    return Split(tuple(texts), _labels(table), tuple(ids), split)
+    return Split(tuple(texts), _labels(table), tuple(ids), split, _ratings(table))
 
 
 def _ids(table: _Table, ids: list[Any]) -> list[str]:
@@ -287,6 +292,22 @@ def _labels(table: _Table) -> np.ndarray:
         f"{table.file}: labels must be 0 (negative) or 1 (positive), found {', '.join(shown)} "
         f"(first at {table.where(int(bad[0]))}); map the labels to 0/1"
     )
+
+
+def _ratings(table: _Table) -> np.ndarray | None:
+    """The `rating` column as whole numbers; None when there is none or a value is no number.
+
+    Ratings only feed the audit's slices, so a malformed column is ignored, not an error.
+    """
+    raw = table.columns.get("rating")
+    if raw is None:
+        return None
+    values = np.asarray(raw) if isinstance(raw, np.ndarray) else _numeric(raw)
+    if values.dtype.kind not in "iuf" or not np.all(np.isfinite(values) & (values % 1 == 0)):
+        log.warning("%s: the rating column holds values that are not whole numbers; "
+                    "ratings are left out", table.file)
+        return None
+    return values.astype(np.int64)
 
 
 def _numeric(values: list[Any]) -> np.ndarray:
@@ -319,14 +340,14 @@ def _acl_root(path: Path) -> Path | None:
 
 
 def _read_acl(root: Path, split: str, progress: bool) -> Split:
-    texts, labels, ids = [], [], []
+    texts, labels, ids, ratings = [], [], [], []
     for label, folder in enumerate(("neg", "pos")):
         files = _acl_files(root / split / folder)
         if progress:
             from tqdm.auto import tqdm
 
             files = tqdm(files, desc=f"reading {split}/{folder}", unit="file")
-        for number, file in files:
+        for number, rating, file in files:
             try:
                 texts.append(_read_bytes(file).decode("utf-8"))
             except UnicodeDecodeError as e:
@@ -334,17 +355,20 @@ def _read_acl(root: Path, split: str, progress: bool) -> Split:
                     f"{file} is not valid UTF-8 (byte offset {e.start}); save it as UTF-8"
                 ) from None
             labels.append(label)
+            ratings.append(rating)
             ids.append(f"{split}/{folder}/{number}")
     if not texts:
         raise DataError(f"{root / split} holds no ID_RATING.txt reviews in neg/ or pos/")
     if len(set(ids)) != len(ids):
         raise DataError(f"{root / split} holds two files with the same review id; keep one")
-    return Split(tuple(texts), np.asarray(labels), tuple(ids), split)
+    return Split(tuple(texts), np.asarray(labels), tuple(ids), split, np.asarray(ratings))
 
 
-def _acl_files(folder: Path) -> list[tuple[int, Path]]:
+def _acl_files(folder: Path) -> list[tuple[int, int, Path]]:
+    """(id, star rating, path) of each ID_RATING.txt review, by id."""
     found = [(_ACL_FILE.match(p.name), p) for p in folder.iterdir()]
-    return sorted(((int(m.group(1)), p) for m, p in found if m), key=lambda f: f[0])
+    return sorted(((int(m.group(1)), int(m.group(2)), p) for m, p in found if m),
+                  key=lambda f: f[0])
 
 
 # --- Hugging Face hub ----------------------------------------------------------------------
@@ -361,7 +385,7 @@ def _from_hub(source: str, progress: bool) -> Dataset:
     for split in SPLITS:
         data = dataset[split]
         _check_columns(f"the {split} split of {source}", data.column_names)
-        wanted = [c for c in ("text", "label", "review_id") if c in data.column_names]
+        wanted = [c for c in ("text", "label", *OPTIONAL) if c in data.column_names]
         splits.append(
             _to_split(_Table(f"{source} ({split})", data.select_columns(wanted).to_dict()), split)
         )

@@ -1,7 +1,8 @@
-"""Binary classification metrics, seeded bootstrap intervals, curves and McNemar's test."""
+"""Binary classification metrics, seeded bootstrap and Wilson intervals, curves, McNemar's test."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -415,6 +416,30 @@ def mcnemar(
     from scipy.stats import binomtest  # scipy.stats is slow to import; only this needs it
 
     return McNemar(b, c, float(binomtest(b, b + c, 0.5).pvalue))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson's score interval of a proportion (95% by default): sound near 0 and 1 and small n.
+
+    Args:
+        successes: how many of the n trials counted (failures of a test, right answers).
+        n: trials.
+        z: the normal quantile of the level (1.96 for 95%).
+
+    Returns:
+        (low, high) within [0, 1]; (NaN, NaN) when n is 0.
+
+    Raises:
+        ValueError: successes is not between 0 and n.
+    """
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie between 0 and n={n}, got {successes}")
+    if n == 0:
+        return float("nan"), float("nan")
+    share, z2 = successes / n, z * z
+    centre = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _ranked(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,8 +10,10 @@ import numpy as np
 import pandas as pd
 
 from storage import Run
-from storage.records import COMPARED_STAGES, Stage
-from trainer.metrics import McNemar, mcnemar
+from storage.records import COMPARED_STAGES, Audit, Stage
+from storage.rows import DUPLICATE_KINDS, DUPLICATE_SCOPES
+from trainer.errors import TrainerError
+from trainer.metrics import McNemar, mcnemar, wilson_interval
 
 
 def _num(x: float) -> float | None:
@@ -48,14 +51,24 @@ def run_entry(run: Run) -> dict[str, Any]:
 
 
 def study_entries(url: str, name: str | None = None) -> list[dict[str, Any]]:
-    """One entry per Optuna study (or only the one named): trial counts by state, best trial."""
+    """One entry per Optuna study (or only the one named): trial counts by state, best trial.
+
+    Reads only (trainer.tuning.storage.optuna_reader): nothing is created in the database.
+
+    Raises:
+        StorageError: the database cannot be read.
+    """
     import optuna
     from optuna.trial import TrialState
 
-    from trainer.tuning.storage import optuna_storage
+    from storage.store import NotFilledError
+    from trainer.tuning.storage import optuna_reader
     from trainer.tuning.trials import quiet_optuna, ranked
 
-    storage = optuna_storage(url, heartbeat=0)  # one engine for every study, lock-tolerant
+    try:
+        storage = optuna_reader(url)  # one engine for every study, lock-tolerant
+    except NotFilledError:  # no study was ever created here
+        return []
     entries = []
     try:
         with quiet_optuna():
@@ -82,9 +95,151 @@ def study_entries(url: str, name: str | None = None) -> list[dict[str, Any]]:
 
 
 def build_report(store, *, with_trials: bool = False) -> dict[str, Any]:
-    """The `report --json` object: evaluated models (trials only when asked) and studies."""
+    """The `report --json` object: evaluated models (trials only when asked) and studies.
+
+    Args:
+        store: the Store, best opened with read_only=True: the studies are read only too.
+        with_trials: include each tuning trial's validation run.
+    """
     runs = [r for r in store.list_runs() if with_trials or r.spec.stage != Stage.TRIAL]
-    return {"runs": [run_entry(r) for r in runs], "studies": study_entries(store.url)}
+    return {"runs": deduplicated_entries(store, runs), "studies": study_entries(store.url),
+            "audit": audit_section(store.latest_audit())}
+
+
+def empty_report() -> dict[str, Any]:
+    """The `report --json` object of a database that holds nothing of this tool yet."""
+    return {"runs": [], "studies": [], "audit": audit_section(None)}
+
+
+# --- the audit: deduplicated test figures and the audit section ---------------------------------
+
+
+def deduplicated_accuracy(predictions: pd.DataFrame, leaked_test_ids: Collection[str],
+                          threshold: float = 0.5) -> dict[str, Any]:
+    """Accuracy on the scored test reviews whose text does not also appear in train.
+
+    Args:
+        predictions: a run's predictions (review_id, label, prob), as Store.predictions gives them.
+        leaked_test_ids: the audit's test review ids whose text train holds (a set is fastest).
+        threshold: a review is called positive when prob >= threshold.
+
+    Returns:
+        accuracy, accuracy_ci95 (Wilson) and n of the reviews kept, and left_out: the leaked
+        reviews the run had scored; accuracy None when nothing is kept.
+    """
+    scored = predictions.dropna(subset=["prob"])
+    kept = scored[~scored["review_id"].isin(leaked_test_ids)]
+    n, right = len(kept), int(((kept["prob"] >= threshold).astype(int) == kept["label"]).sum())
+    low, high = wilson_interval(right, n)
+    return {"accuracy": _num(right / n) if n else None, "accuracy_ci95": [_num(low), _num(high)],
+            "n": n, "left_out": len(scored) - n}
+
+
+def deduplicated_entries(store, runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Report entries of `runs`; each test-split one gains "deduplicated_test".
+
+    That is `deduplicated_accuracy` against the latest audit of the run's data source, with the
+    audit's id, or None when that source has no audit yet.
+    """
+    audits: dict[str, tuple[int, set[str]] | None] = {}
+    entries = []
+    for run in runs:
+        entry = run_entry(run)
+        if run.spec.split == "test":
+            source = run.spec.data_source
+            if source not in audits:
+                audit = store.latest_audit(source)
+                audits[source] = None if audit is None else (audit.id, set(audit.leaked_test_ids))
+            found = audits[source]
+            entry["deduplicated_test"] = None if found is None else {
+                **deduplicated_accuracy(store.predictions(run.id, texts=False), found[1]),
+                "audit_id": found[0]}
+        entries.append(entry)
+    return entries
+
+
+def _rate(k: int, n: int) -> dict[str, Any]:
+    low, high = wilson_interval(k, n)
+    return {"rate": _num(k / n) if n else None, "ci95": [_num(low), _num(high)]}
+
+
+def audit_section(audit: Audit | None) -> dict[str, Any] | None:
+    """The `report --json` "audit" object of an audit (README: its schema), or None."""
+    if audit is None:
+        return None
+    groups = {k: dict.fromkeys(DUPLICATE_SCOPES, 0) for k in DUPLICATE_KINDS}
+    conflicting = {k: dict.fromkeys(DUPLICATE_SCOPES, 0) for k in DUPLICATE_KINDS}
+    for g in audit.duplicates:
+        groups[g.kind][g.scope] += 1
+        conflicting[g.kind][g.scope] += int(g.conflicting)
+    c = audit.config
+    found = c.get("label_issues", {})
+    label_issues = {split: {"candidates": sum(i.split == split for i in audit.label_issues),
+                            "n": found.get(split, {}).get("n", 0),
+                            "method": found.get(split, {}).get("method")}
+                    for split in ("train", "test")}
+    behaviour = [{"run_id": b.run_id, "model": b.model, "test": b.test, "kind": b.kind,
+                  "n": b.n, "failures": b.failures, "failure_rate": _num(b.failure_rate),
+                  "failure_rate_ci95": [_num(b.ci_low), _num(b.ci_high)]}
+                 for b in audit.behaviour]
+    slices = [{"run_id": r.run_id, "by": r.by, "bucket": r.bucket, "n": r.n,
+               "accuracy": _num(r.accuracy), "accuracy_ci95": [_num(r.ci_low), _num(r.ci_high)]}
+              for r in audit.slices]
+    truncation = [{"run_id": t.run_id, "max_length": t.max_length, "n": t.n,
+                   "truncated": t.truncated, "truncated_share": _rate(t.truncated, t.n)["rate"],
+                   "accuracy_truncated": _num(t.accuracy_truncated),
+                   "accuracy_untruncated": _num(t.accuracy_untruncated)}
+                  for t in audit.truncation]
+    return {
+        "id": audit.id, "data": audit.data_source,
+        "created_at": audit.created_at.isoformat() if audit.created_at else None,
+        "duration_s": audit.duration_s, "seconds": c.get("seconds", {}),
+        "duplicates": {"groups": groups, "conflicting": conflicting,
+                       "method": c.get("duplicates_method")},
+        "leaked_test_reviews": len(audit.leaked_test_ids),
+        "label_issues": label_issues, "behaviour": behaviour, "slices": slices,
+        "truncation": truncation,
+    }
+
+
+def audit_text(section: dict[str, Any]) -> str:
+    """The readable audit: duplicates, leakage, label issues, behaviour, slices, truncation."""
+    d, li = section["duplicates"], section["label_issues"]
+    parts = [f"Audit {section['id']} of {section['data']} ({_fmt(section['duration_s'], 1)} s)",
+             _table(["duplicate groups", *DUPLICATE_SCOPES, "conflicting"],
+                    [[kind, *(str(d["groups"][kind][s]) for s in DUPLICATE_SCOPES),
+                      str(sum(d["conflicting"][kind].values()))] for kind in DUPLICATE_KINDS]),
+             f"leaked test reviews (text also in train): {section['leaked_test_reviews']:,}",
+             "label-issue candidates: " + "; ".join(
+                 f"{s} {li[s]['candidates']:,} of {li[s]['n']:,}" for s in li)]
+    if section["behaviour"]:
+        parts += ["", _table(["model", "test", "kind", "n", "failure rate [95% CI]"], [
+            [_short(b["model"]), b["test"], b["kind"], str(b["n"]),
+             f"{_fmt(b['failure_rate'])} [{_fmt(b['failure_rate_ci95'][0])}, "
+             f"{_fmt(b['failure_rate_ci95'][1])}]"] for b in section["behaviour"]])]
+    if section["slices"]:
+        parts += ["", _table(["run", "by", "slice", "n", "accuracy [95% CI]"], [
+            [str(r["run_id"]), r["by"], r["bucket"], str(r["n"]),
+             f"{_fmt(r['accuracy'])} [{_fmt(r['accuracy_ci95'][0])}, "
+             f"{_fmt(r['accuracy_ci95'][1])}]"] for r in section["slices"]])]
+    if section["truncation"]:
+        parts += ["", _table(["run", "max tokens", "n", "truncated", "acc truncated",
+                              "acc untruncated"], [
+            [str(t["run_id"]), str(t["max_length"]), str(t["n"]),
+             f"{t['truncated']:,} ({_fmt(t['truncated_share'])})",
+             _fmt(t["accuracy_truncated"]), _fmt(t["accuracy_untruncated"])]
+            for t in section["truncation"]])]
+    return "\n".join(parts)
+
+
+def audit_summary(store, audit: Audit) -> str:
+    """What `python -m trainer audit` prints: the audit, then its stages' deduplicated figures."""
+    runs = [store.get_run(i) for i in audit.config.get("runs", [])]
+    tested = [r for r in runs if r.spec.split == "test"]
+    text = audit_text(audit_section(audit))
+    if tested:
+        text += "\n\n" + runs_table(deduplicated_entries(store, tested))
+    return text
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -102,8 +257,13 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def runs_table(entries: list[dict[str, Any]], extra: dict[int, str] | None = None) -> str:
-    """Readable table of report run entries; `extra` adds a column (e.g. McNemar p) by run id."""
+    """Readable table of report run entries; `extra` adds a column (e.g. McNemar p) by run id.
+
+    Entries with "deduplicated_test" (`deduplicated_entries`) add its accuracy, interval and n.
+    """
     headers = ["id", "stage", "model", "n", "accuracy [95% CI]", "F1 neg", "F1 pos", "ROC AUC"]
+    dedup = any(e.get("deduplicated_test") for e in entries)
+    headers += ["deduplicated test [95% CI] (n)"] if dedup else []
     headers += ["McNemar p vs fine-tuned"] if extra is not None else []
     rows = []
     for e in entries:
@@ -113,8 +273,16 @@ def runs_table(entries: list[dict[str, Any]], extra: dict[int, str] | None = Non
                f"{_fmt(m['accuracy'])} [{_fmt(lo)}, {_fmt(hi)}]",
                _fmt(m["per_class"].get("negative", {}).get("f1")),
                _fmt(m["per_class"].get("positive", {}).get("f1")), _fmt(m["roc_auc"])]
+        row += [_dedup_cell(e.get("deduplicated_test"))] if dedup else []
         rows.append(row + ([extra.get(e["id"], "")] if extra is not None else []))
     return _table(headers, rows)
+
+
+def _dedup_cell(d: dict[str, Any] | None) -> str:
+    if not d:
+        return ""
+    lo, hi = d["accuracy_ci95"]
+    return f"{_fmt(d['accuracy'])} [{_fmt(lo)}, {_fmt(hi)}] ({d['n']:,})"
 
 
 def studies_table(entries: list[dict[str, Any]]) -> str:
@@ -135,12 +303,14 @@ def _params(params: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    """The human-readable `report`: models, warnings, studies."""
+    """The human-readable `report`: models, warnings, studies, the latest audit."""
     parts = ["Evaluated models", runs_table(report["runs"]) if report["runs"] else "(none yet)"]
     for e in report["runs"]:
         parts += [f"warning (run {e['id']}): {w}" for w in e["warnings"]]
     studies = studies_table(report["studies"]) if report["studies"] else "(none yet)"
     parts += ["", "Studies", studies]
+    if report.get("audit"):
+        parts += ["", audit_text(report["audit"])]
     return "\n".join(parts)
 
 
@@ -181,6 +351,69 @@ def paired_mcnemar(a: pd.DataFrame, b: pd.DataFrame, threshold: float = 0.5) -> 
     return PairedTest(mcnemar(labels, pa, pb, threshold=threshold), len(both),
                       float(np.mean((pa >= threshold) == labels)),
                       float(np.mean((pb >= threshold) == labels)))
+
+
+@dataclass(frozen=True)
+class ReviewDiff:
+    """Two runs review by review: where exactly one is right, and McNemar's test on all shared.
+
+    rows: review_id, label, true ("negative" | "positive"), prob_a, prob_b, right ("A" | "B":
+        the run that is right), gap (|prob_a - prob_b|), text (None when not stored), length;
+        the largest gap first.
+    paired: McNemar's exact test on all `paired.n` shared reviews (b: rows where A is right).
+    """
+
+    rows: pd.DataFrame
+    paired: PairedTest
+
+
+def review_diff(a: pd.DataFrame, b: pd.DataFrame, threshold: float = 0.5) -> ReviewDiff:
+    """The reviews on which exactly one of two runs is right, on the reviews both scored.
+
+    Works for any two runs scored on the same reviews: two test-split stages, or two trials of
+    one study on its validation split.
+
+    Args:
+        a, b: predictions of runs A and B (review_id, label, prob, and text when read with
+            texts), as Store.predictions gives them; reviews without a probability are left out.
+        threshold: a review is called positive when prob >= threshold.
+
+    Returns:
+        The differing reviews and the paired test.
+
+    Raises:
+        TrainerError: the runs share no scored review, or give the same review ids different
+            labels (they were scored on different data).
+    """
+    try:
+        paired = paired_mcnemar(a, b, threshold)
+    except ValueError:
+        raise TrainerError("The two runs give the same review ids different labels, so they "
+                           "were scored on different data; pick two runs scored on the same "
+                           "reviews.") from None
+    if paired is None:
+        raise TrainerError(
+            f"The two runs share no scored review (one scored {a['prob'].notna().sum():,}, the "
+            f"other {b['prob'].notna().sum():,}); pick two stages scored on the test split, or "
+            "two trials of one study (scored on its validation split).")
+    columns = ["review_id", "label", "prob"]
+    both = a[columns].dropna().merge(b[columns].dropna().drop(columns="label"),
+                                     on="review_id", suffixes=("_a", "_b"))
+    right_a = (both["prob_a"] >= threshold) == both["label"]
+    right_b = (both["prob_b"] >= threshold) == both["label"]
+    rows = both[right_a != right_b].assign(
+        true=lambda f: np.where(f["label"] == 1, "positive", "negative"),
+        right=np.where(right_a[right_a != right_b], "A", "B"),
+        gap=lambda f: (f["prob_a"] - f["prob_b"]).abs())
+    texts = pd.concat([f[["review_id", "text"]] for f in (a, b) if "text" in f.columns]
+                      or [pd.DataFrame({"review_id": [], "text": []}, dtype=object)])
+    texts = texts.dropna().drop_duplicates("review_id")
+    rows = rows.merge(texts, on="review_id", how="left").astype({"text": object})
+    rows["text"] = rows["text"].where(rows["text"].notna(), None)
+    rows["length"] = rows["text"].map(lambda t: float("nan") if t is None else float(len(t)))
+    rows = rows.sort_values("gap", ascending=False, kind="stable").reset_index(drop=True)
+    return ReviewDiff(rows[["review_id", "label", "true", "prob_a", "prob_b", "right", "gap",
+                            "text", "length"]], paired)
 
 
 def mcnemar_against(store, target: Run, others: list[Run]) -> dict[int, str]:

@@ -13,18 +13,20 @@ from trainer.errors import DataError
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """One split of reviews: texts, 0/1 labels (1 positive) and stable review ids, row-aligned."""
+    """One split of reviews: texts, 0/1 labels (1 positive) and stable review ids, row-aligned.
+
+    ratings: each review's star rating where the source has one (aclImdb file names, a
+    `rating` column), else None.
+    """
 
     texts: tuple[str, ...]
     labels: np.ndarray
     ids: tuple[str, ...]
     name: str
+    ratings: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        labels = np.asarray(self.labels, dtype=np.int64)
-        if labels.flags.writeable:  # a private read-only copy keeps the frozen split frozen
-            labels = labels.copy()
-            labels.flags.writeable = False
+        labels = _frozen_ints(self.labels)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "texts", tuple(self.texts))
         object.__setattr__(self, "ids", tuple(self.ids))
@@ -33,6 +35,12 @@ class Split:
                 f"texts, labels and ids must be 1-D and equally long, got {len(self.texts)}, "
                 f"{labels.shape} and {len(self.ids)}"
             )
+        if self.ratings is not None:
+            ratings = _frozen_ints(self.ratings)
+            object.__setattr__(self, "ratings", ratings)
+            if ratings.shape != labels.shape:
+                raise ValueError(f"ratings must be as long as the labels, got {ratings.shape} "
+                                 f"and {labels.shape}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -73,7 +81,17 @@ class Split:
             labels=self.labels[idx],
             ids=tuple(self.ids[i] for i in idx),
             name=self.name if name is None else name,
+            ratings=None if self.ratings is None else self.ratings[idx],
         )
+
+
+def _frozen_ints(values: Sequence[int] | np.ndarray) -> np.ndarray:
+    """A read-only int64 array; a private copy keeps the frozen split frozen."""
+    array = np.asarray(values, dtype=np.int64)
+    if array.flags.writeable:
+        array = array.copy()
+        array.flags.writeable = False
+    return array
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,9 @@ def _help(parser: argparse.ArgumentParser) -> str:
         (["pretrained", "--heartbeat=0"], "--heartbeat", "run, tune, worker"),
         (["tune", "--batch-size", "8"], "--batch-size", "run, pretrained, final"),
         (["worker", "--test-size"], "--test-size", "run, pretrained, final"),
-        (["report", "--study", "s"], "--study", "run, tune, worker, final, predict"),
+        (["report", "--study", "s"], "--study", "run, tune, worker, final, predict, audit"),
         (["predict", "fine", "--seed", "1"], "--seed",
-         "run, baseline, pretrained, tune, worker, final"),
+         "run, baseline, pretrained, tune, worker, final, audit"),
     ],
 )
 def test_a_flag_the_command_does_not_use_is_one_line_exit_1_before_anything_runs(
@@ -130,6 +130,8 @@ def test_env_is_generated_from_the_field_metadata() -> None:
         "test_size": "SENTIMENT_TEST_SIZE", "max_length": "SENTIMENT_MAX_LENGTH",
         "seed": "SENTIMENT_SEED", "artifacts": "SENTIMENT_ARTIFACTS",
         "heartbeat": "SENTIMENT_HEARTBEAT", "batch_size": "SENTIMENT_BATCH_SIZE",
+        "behaviour": "SENTIMENT_BEHAVIOUR", "trial": "SENTIMENT_AUDIT_TRIAL",
+        "lock_timeout": "SENTIMENT_LOCK_TIMEOUT",
     }
 
 

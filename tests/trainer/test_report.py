@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from storage.records import Evaluation, Run, RunSpec
-from trainer.report import mcnemar_against, paired_mcnemar, summary
+from trainer.errors import TrainerError
+from trainer.report import mcnemar_against, paired_mcnemar, review_diff, summary
 
 
 def preds(ids: list[str], labels: list[int], probs: list[float]) -> pd.DataFrame:
@@ -70,3 +71,66 @@ def test_summary_lists_stages_in_stage_order_with_mcnemar_against_fine_tuned() -
     assert "McNemar p vs fine-tuned" in lines[0]
     assert [line.split()[1] for line in lines[2:]] == ["baseline", "pretrained", "finetuned"]
     assert lines[2].rstrip().endswith("1 (n=2)") and lines[4].rstrip().endswith("–")
+
+
+def test_review_diff_lists_the_reviews_only_one_run_got_right_largest_gap_first() -> None:
+    a = preds(["r0", "r1", "r2", "r3", "r4", "r5"], [1, 0, 1, 0, 1, 0],
+              [0.9, 0.6, 0.2, 0.1, 0.7, math.nan])
+    b = preds(["r5", "r4", "r3", "r2", "r1", "r0", "x"], [0, 1, 0, 1, 0, 1, 1],
+              [0.9, 0.8, 0.7, 0.95, 0.45, 0.3, 0.5])
+    diff = review_diff(a, b)
+    # shared and scored by both: r0-r4. A alone right on r0, r3; B alone right on r1, r2.
+    rows = diff.rows
+    assert rows["review_id"].tolist() == ["r2", "r0", "r3", "r1"]
+    assert rows["right"].tolist() == ["B", "A", "A", "B"]
+    assert rows["true"].tolist() == ["positive", "positive", "negative", "negative"]
+    assert rows["prob_a"].tolist() == [0.2, 0.9, 0.1, 0.6]
+    assert rows["prob_b"].tolist() == [0.95, 0.3, 0.7, 0.45]
+    assert rows["gap"].tolist() == pytest.approx([0.75, 0.6, 0.6, 0.15])
+    assert rows["text"].isna().all() and rows["length"].isna().all()
+    assert (diff.paired.n, diff.paired.test.b, diff.paired.test.c) == (5, 2, 2)
+    assert diff.paired.test.p_value == 1.0
+    assert (diff.paired.accuracy_a, diff.paired.accuracy_b) == (0.6, 0.6)
+
+
+def test_review_diff_keeps_review_texts_from_either_run() -> None:
+    a = preds(["r0", "r1"], [1, 0], [0.9, 0.8]).assign(text=["Loved it.", None])
+    b = preds(["r0", "r1"], [1, 0], [0.1, 0.2]).assign(text=[None, "Hated <b>it</b>."])
+    rows = review_diff(a, b).rows.set_index("review_id")
+    assert rows.loc["r0", "text"] == "Loved it." and rows.loc["r0", "length"] == 9
+    assert rows.loc["r1", "text"] == "Hated <b>it</b>." and rows.loc["r1", "right"] == "B"
+
+
+def test_review_diff_of_identical_runs_is_empty_with_p_one() -> None:
+    a = preds(["r0", "r1"], [1, 0], [0.9, 0.8])
+    diff = review_diff(a, a)
+    assert diff.rows.empty and list(diff.rows.columns)[:3] == ["review_id", "label", "true"]
+    assert (diff.paired.n, diff.paired.test.p_value) == (2, 1.0)
+
+
+def test_review_diff_refuses_runs_scored_on_other_reviews_or_other_labels() -> None:
+    test_run = preds(["test/pos/0", "test/neg/1"], [1, 0], [0.9, 0.2])
+    trial = preds(["train/pos/7"], [1], [0.6])
+    with pytest.raises(TrainerError, match="share no scored review .*pick two stages"):
+        review_diff(test_run, trial)
+    with pytest.raises(TrainerError, match="different labels"):
+        review_diff(test_run, preds(["test/pos/0"], [0], [0.9]))
+
+
+def test_review_diff_pairs_two_trials_read_back_from_the_store(tmp_path) -> None:
+    from storage.records import Predictions
+    from storage.store import open_store
+    from trainer.metrics import evaluate
+
+    ids, labels = ("train/pos/1", "train/neg/2", "train/pos/3"), (1, 0, 1)
+    texts = ("A fine film.", "Dull.", "Great fun.")
+    with open_store(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+        run_ids = []
+        for trial, probs in ((0, (0.8, 0.7, 0.9)), (1, (0.4, 0.3, 0.6))):
+            spec = RunSpec("trial", "tiny", "validation", "d", study="s", trial=trial)
+            run_ids.append(store.save_run(spec, evaluate(labels, probs, n_bootstrap=0),
+                                          Predictions(ids, labels, probs, texts)))
+        diff = review_diff(*(store.predictions(i) for i in run_ids))
+    assert diff.rows[["review_id", "right", "text"]].values.tolist() == [
+        ["train/pos/1", "A", "A fine film."], ["train/neg/2", "B", "Dull."]]
+    assert diff.paired.n == 3

@@ -1,0 +1,1 @@
+"""The data and model audit: duplicates, leakage, label issues, behaviour, slices, truncation."""
