@@ -18,4 +18,5 @@ st.navigation([
     st.Page("app_pages/study.py", title="Study explorer", icon=":material/science:"),
     st.Page("app_pages/evaluation.py", title="Evaluation", icon=":material/target:"),
     st.Page("app_pages/live.py", title="Live prediction", icon=":material/edit_note:"),
+    st.Page("app_pages/data.py", title="Data & models", icon=":material/fact_check:"),
 ]).run()

@@ -11,12 +11,10 @@ import pandas as pd
 import streamlit as st
 from optuna.trial import FrozenTrial, TrialState
 
-from dashboard import study_views
-from storage.records import Run
-from storage.store import Store, open_store
+from dashboard import settings, study_views
+from storage.records import Audit, Run
+from storage.store import NotFilledError, Store, open_store
 
-DEFAULT_DB = "sqlite:///runs/sentiment.db"
-DB_ENV = "SENTIMENT_DB"
 EVALUATORS = ("PED-ANOVA", "fANOVA", "mean decrease impurity")
 # Small, shallow forests: Optuna's default fANOVA (64 trees, depth 64) takes 16 s on 700 trials
 # on 2 cores, 16 trees of depth 6 take 0.2 s and rank the parameters the same way.
@@ -27,32 +25,49 @@ STUDY_TTL_S = 600  # a loaded study caches finished trials; reload it now and th
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+@st.cache_resource(show_spinner=False, max_entries=1)
+def databases() -> settings.Databases:
+    """The databases this server shows, resolved once per process from how it was started
+    (`-- --db URL`, SENTIMENT_DB, a configuration file; settings.resolve).
+
+    Raises:
+        ConfigError: the operator's arguments, environment or configuration file are invalid.
+    """
+    return settings.resolve(settings.script_arguments(), os.environ)
+
+
 def default_url() -> str:
-    """The database URL from SENTIMENT_DB, else the tool's default."""
-    return os.environ.get(DB_ENV, "").strip() or DEFAULT_DB
+    """The URL of the operator's default database."""
+    return databases().url(None)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def store(url: str) -> Store:
-    """One open Store per database URL and process.
+    """One read-only Store per database URL and process: the dashboard never writes.
+
+    Not cached when it fails, so a database filled after the server started is found.
 
     Raises:
+        NotFilledError: the database holds no tables of this tool yet.
         StorageError: the database cannot be opened.
     """
-    return open_store(url)
+    return open_store(url, read_only=True)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def optuna_storage(url: str) -> Any:
-    """Optuna's storage for the same database (no heartbeat: the dashboard only reads).
+    """Optuna's storage for the same database, read-only (trainer.tuning.storage.optuna_reader).
+
+    Not cached when it fails, so a study created after the server started is found.
 
     Raises:
+        NotFilledError: no study was ever created in the database.
         StorageError: the database cannot be opened.
         ConfigError: the URL is an in-memory SQLite database.
     """
-    from trainer.tuning.storage import optuna_storage as make
+    from trainer.tuning.storage import optuna_reader
 
-    return make(url, 0)
+    return optuna_reader(url)
 
 
 # Records are read-only and large (1,000 runs, 25,000 texts): shared, not copied per session.
@@ -84,10 +99,25 @@ def predictions(url: str, run_id: int, texts: bool = True) -> pd.DataFrame:
     return store(url).predictions(run_id, texts=texts)
 
 
+# An audit is written once and read whole (duplicate groups, label issues, behaviour results).
+@st.cache_resource(ttl=FRESH_S, show_spinner=False, max_entries=8)
+def latest_audit(url: str, data_source: str | None = None) -> Audit | None:
+    """The newest stored audit (of one data source), or None before `python -m trainer audit`.
+
+    Raises:
+        StorageError: the database cannot be read.
+    """
+    return store(url).latest_audit(data_source)
+
+
 @st.cache_data(ttl=FRESH_S, show_spinner=False, max_entries=4)
 def study_names(url: str) -> list[str]:
-    """Names of the Optuna studies in the database, sorted."""
-    return sorted(s.study_name for s in optuna_storage(url).get_all_studies())
+    """Names of the Optuna studies in the database, sorted (none before the first study)."""
+    try:
+        storage = optuna_storage(url)
+    except NotFilledError:
+        return []
+    return sorted(s.study_name for s in storage.get_all_studies())
 
 
 @st.cache_resource(ttl=STUDY_TTL_S, show_spinner=False, max_entries=8)
@@ -97,7 +127,11 @@ def study(url: str, name: str) -> optuna.Study:
     Raises:
         KeyError: no study has this name.
     """
-    return optuna.load_study(study_name=name, storage=optuna_storage(url))
+    try:
+        storage = optuna_storage(url)
+    except NotFilledError as e:
+        raise KeyError(f"no study named {name!r}: the database holds no study") from e
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 @st.cache_resource(ttl=FRESH_S, show_spinner=False, max_entries=8)

@@ -320,3 +320,29 @@ def metric_cells(run: Run) -> list[tuple[str, str, str | None]]:
             ("ECE", _fmt(s.get("ece")), "expected calibration error"),
             ("Brier", _fmt(s.get("brier")), "mean squared error of the probabilities")]
 
+
+# Cells a spreadsheet would run as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads these as a formula
+
+
+def safe_csv(frame: pd.DataFrame) -> str:
+    """The frame as CSV for download, every text cell that a spreadsheet would run as a formula
+    prefixed with a single quote (OWASP "CSV injection"); numeric columns are written as they are.
+
+    Lines end in CRLF (RFC 4180), so a cell holding a lone carriage return is quoted too: with
+    pandas' default LF it is not, and a spreadsheet would start a new row, and a formula, there.
+
+    Args:
+        frame: batch results, or any table (left unchanged: the page shows the cells as they are).
+
+    Returns:
+        The CSV text, header included, without the index.
+    """
+    out = frame.copy()
+    for name in out.select_dtypes(exclude="number").columns:
+        out[name] = out[name].map(_inert)
+    return out.to_csv(index=False, lineterminator="\r\n")
+
+
+def _inert(cell: Any) -> Any:
+    return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell

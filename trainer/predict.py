@@ -65,11 +65,20 @@ class ReviewTable:
     frame: pd.DataFrame  # every column, in the file's order, as str ("" where a row is short)
     column: str  # the name of the review column in `frame`
     source: str  # the file's name, for messages
+    headerless: bool = False  # one column and no header: the first row is a review too
 
     @property
     def reviews(self) -> list[str]:
         """The review of each row, in file order."""
         return self.frame[self.column].tolist()
+
+    @property
+    def notice(self) -> str | None:
+        """How the file was read, where the user should know: None when it had a header."""
+        if not self.headerless:
+            return None
+        return (f"{self.source} has one column and no header row, so its first row was read "
+                "as a review too; to give the file a header, name the column text")
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -79,7 +88,11 @@ def read_reviews_csv(data: bytes, source: str, *, max_rows: int | None = None) -
     """Parse a CSV of reviews (UTF-8 with or without BOM, LF or CRLF, quoted line breaks).
 
     The reviews are in the column named 'text' or 'review' (any case, spaces around ignored),
-    or in the only column. Blank lines are skipped; a short row reads "" for what it lacks.
+    or in the only column. A file of one column has a header row only when its first cell is
+    'text', 'review' (the same way) or blank; otherwise every row, the first included, is a
+    review, the column is called 'text' and the table is `headerless` (its `notice` says so).
+    A file of several columns always has a header. Blank lines are skipped; a short row reads
+    "" for what it lacks.
 
     Args:
         data: the file's bytes.
@@ -90,13 +103,17 @@ def read_reviews_csv(data: bytes, source: str, *, max_rows: int | None = None) -
         The whole table, and which of its columns holds the reviews.
 
     Raises:
-        DataError: invalid UTF-8 (with the line), not a readable CSV, empty, no review column,
-            a header but no reviews, or more than max_rows reviews.
+        DataError: invalid UTF-8 (with the line), not a readable CSV, a field longer than the
+            csv module reads (with its line), empty, no review column, a header but no
+            reviews, or more than max_rows reviews.
     """
     rows = _csv_rows(_decoded(data, source), source)
     if not rows:
         raise DataError(f"{source} is empty; expected a header row with a column named text, "
                         "then one review per row")
+    headerless = not _has_header(rows[0])
+    if headerless:
+        rows = [[REVIEW_COLUMNS[0]], *rows]
     names = _unique([str(h) for h in rows[0]])
     column = _review_column(names, source)
     body = rows[1:]
@@ -107,7 +124,12 @@ def read_reviews_csv(data: bytes, source: str, *, max_rows: int | None = None) -
                         "time (split the file)")
     frame = pd.DataFrame([r + [""] * (len(names) - len(r)) for r in body], columns=names,
                          dtype=str)
-    return ReviewTable(frame, column, source)
+    return ReviewTable(frame, column, source, headerless)
+
+
+def _has_header(first: list[str]) -> bool:
+    """Whether the first row names columns: always with several, else 'text', 'review' or ""."""
+    return len(first) > 1 or first[0].strip().lower() in ("", *REVIEW_COLUMNS)
 
 
 def _decoded(data: bytes, source: str) -> str:
@@ -129,20 +151,41 @@ def _csv_rows(text: str, source: str) -> list[list[str]]:
         start = reader.line_num + 1  # a quoted line break makes a record span several lines
         try:
             row = next(reader, None)
-        except csv.Error as e:  # an unclosed quote, or a field over csv's 131,072 characters
-            raise DataError(
-                f"{source} is not a readable CSV (the row from line {start}: {e}); check that "
-                "every quote is closed and that fields holding commas, quotes or line breaks "
-                "are quoted, then try again") from None
+        except csv.Error as e:
+            raise _unreadable(e, source, start, reader.line_num) from None
         if row is None:
             return rows
         if rows and len(row) > len(rows[0]):
+            first = "the header" if _has_header(rows[0]) else "the first row"
             raise DataError(
                 f"{source} is not a readable CSV (the row from line {start} has {len(row)} "
-                f"fields, the header {len(rows[0])}); quote fields that hold commas, then try "
+                f"fields, {first} {len(rows[0])}); quote fields that hold commas, then try "
                 "again")
         if row:
             rows.append(row)
+
+
+def _unreadable(e: csv.Error, source: str, start: int, line: int) -> DataError:
+    """The csv module's error as what the user can fix: a far too long review, or a quote.
+
+    csv stops at a field over its field_size_limit. Within one line that is one review (quoted
+    or not) far over the limit a review may have; across lines it is a quote left open. The
+    limit stays as it is: it is process-wide (the dashboard reads uploads on several threads),
+    it bounds what an open quote can swallow, and so long a review is refused anyway.
+    """
+    detail, limit = str(e), csv.field_size_limit()  # no argument: reads, does not change it
+    if "field limit" in detail and line == start:
+        return DataError(
+            f"{source} has a field longer than {limit:,} characters on line {line}; reviews "
+            f"are limited to {MAX_REVIEW_CHARS:,} characters, so shorten that review or leave "
+            "it out, then try again")
+    if "field limit" in detail:
+        detail = (f"a quoted field still open on line {line}, over {limit:,} characters long "
+                  f"where a review may have {MAX_REVIEW_CHARS:,}")
+    return DataError(
+        f"{source} is not a readable CSV (the row from line {start}: {detail}); check that every "
+        "quote is closed and that fields holding commas, quotes or line breaks are quoted, "
+        "then try again")
 
 
 def _unique(names: list[str]) -> list[str]:

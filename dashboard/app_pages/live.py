@@ -90,12 +90,14 @@ def batch_tab(url: str, choices: list) -> None:
         return
     choice = pick_model(choices, "Model for the file", "live_batch_model")
     st.caption(f"{len(table):,} reviews in {views.escape_markdown(upload.name)}")
+    if table.notice:
+        st.caption(views.escape_markdown(table.notice))
     if not st.button("Classify the file", key="live_batch_run"):
         return
     with widgets.page_errors("classify the file"):
         result = classify(url, choice, table.reviews)
         st.dataframe(result.head(200), hide_index=True, key="live_batch_table")
-        st.download_button("Download the results as CSV", result.to_csv(index=False),
+        st.download_button("Download the results as CSV", views.safe_csv(result),
                            file_name="predictions.csv", mime="text/csv", key="live_batch_csv")
 
 

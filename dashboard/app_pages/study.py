@@ -36,7 +36,7 @@ def show_trials(url: str, name: str, table: pd.DataFrame, direction: str) -> Non
     shown = sv.sort_trials(sv.filter_trials(table, states), by, descending)
     event = st.dataframe(shown, hide_index=True, key="study_table", on_select="rerun",
                          selection_mode="single-row")
-    st.download_button("Download these trials as CSV", shown.to_csv(index=False),
+    st.download_button("Download these trials as CSV", views.safe_csv(shown),
                        file_name="trials.csv", mime="text/csv", key="study_csv")
     rows = event.selection.rows
     show_trial(url, name, table, direction, int(shown["number"].iloc[rows[0]]) if rows else None)
@@ -167,7 +167,7 @@ def show(url: str) -> None:
     names = resources.study_names(url)
     if not names:
         st.info("The database holds no Optuna study yet. Run `python -m trainer tune` (or "
-                "`python -m trainer run`), or type another database URL in the sidebar.")
+                "`python -m trainer run`), then reload this page.")
         return
     name = st.selectbox("Study", names, key="study_name")
     try:

@@ -27,7 +27,8 @@ from typing import Any
 from websockets.sync.client import connect
 
 REPO = Path(__file__).resolve().parents[2]
-PAGE_PATHS = {"overview": "/", "study": "/study", "evaluation": "/evaluation", "live": "/live"}
+PAGE_PATHS = {"overview": "/", "study": "/study", "evaluation": "/evaluation", "live": "/live",
+              "data": "/data"}
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu",
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--disable-dev-shm-usage")
@@ -64,14 +65,26 @@ def _wait_http(url: str, timeout_s: float) -> str:
 
 
 @contextmanager
-def dashboard(database_url: str, log: Path) -> Iterator[str]:
-    """`streamlit run dashboard/app.py` on a free port; yields its base URL."""
+def dashboard(database_url: str, log: Path, *, env: dict[str, str] | None = None,
+              toolbar: str | None = "minimal", script_args: tuple[str, ...] = ()
+              ) -> Iterator[str]:
+    """`streamlit run dashboard/app.py` on a free port; yields its base URL.
+
+    Args:
+        database_url: SENTIMENT_DB of the server.
+        log: where the server's output goes.
+        env: more environment variables of the server.
+        toolbar: --client.toolbarMode; None: the repository's .streamlit/config.toml decides.
+        script_args: the dashboard's own arguments (after `--`).
+    """
     port = free_port()
-    env = {**os.environ, "SENTIMENT_DB": database_url}
+    env = {**os.environ, "SENTIMENT_DB": database_url, **(env or {})}
     command = [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
                "--server.headless", "true", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
+               "--server.fileWatcherType", "none",
+               *(("--client.toolbarMode", toolbar) if toolbar else ()),
+               *(("--", *script_args) if script_args else ())]
     with open(log, "wb") as out:
         server = subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
                                   stderr=subprocess.STDOUT)

@@ -8,12 +8,13 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from dashboard import resources
 from storage.store import open_store
 from tests.dashboard import builders
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "dashboard" / "app.py"
-PAGES = ("overview", "study", "evaluation", "live")
+PAGES = ("overview", "study", "evaluation", "live", "data")
 PAGE_TIMEOUT_S = 120  # generous: the first run imports scipy, optuna and altair on 2 cores
 
 
@@ -68,10 +69,15 @@ def big_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def open_page(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], AppTest]:
-    """open_page(url, page) -> the AppTest after rendering that page with SENTIMENT_DB=url."""
+    """open_page(url, page) -> the AppTest after rendering that page with SENTIMENT_DB=url.
+
+    Each call is a server started afresh: the databases, resolved once per process, are
+    resolved again.
+    """
 
     def run(url: str, page: str) -> AppTest:
         monkeypatch.setenv("SENTIMENT_DB", url)
+        resources.databases.clear()
         at = AppTest.from_file(str(APP), default_timeout=PAGE_TIMEOUT_S)
         at.run()
         if page != "overview":

@@ -12,7 +12,7 @@ from tests.dashboard.builders import XSS
 PAGES = {"/": "Overview", "/study": "Study explorer", "/study?study_tab=History": "Study explorer",
          "/study?study_tab=Importance": "Study explorer",
          "/study?study_tab=Hyperparameters": "Study explorer", "/evaluation": "Evaluation",
-         "/live": "Live prediction"}
+         "/live": "Live prediction", "/data": "Data & models"}
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +44,28 @@ def test_every_page_renders_in_chromium_without_an_exception(chromium: str, xss_
                 shown = tab.evaluate("[...document.querySelectorAll('input')]"
                                      ".map(i => i.value || i.placeholder).join('\\n')")
                 assert f"{XSS[0]} study" in shown + text
+
+
+@pytest.mark.slow
+def test_page_html_holds_no_password_and_visitors_get_no_url_box(chromium: str, xss_db: str,
+                                                                 tmp_path: Path) -> None:
+    password = "S3cretPW"
+    secret = (f"postgresql+psycopg://postgres:{password}@127.0.0.1:{browser.free_port()}/x"
+              f"?password={password}-2")
+    log = tmp_path / "streamlit.log"
+    # SENTIMENT_DB holds the password; `-- --allow NAME=URL` (the script's own argument) lets
+    # visitors switch to one other database, by name. The toolbar is left to the repository's
+    # .streamlit/config.toml.
+    with browser.dashboard(secret, log, toolbar=None, script_args=("--allow", f"xss={xss_db}")
+                           ) as base, browser.browser() as tab:
+        for path in ("/", "/study", "/evaluation", "/live"):
+            tab.open(base + path, timeout_s=120)
+            html, text = tab.html(), tab.text()
+            assert password not in html, path
+            assert "postgres:***@127.0.0.1" in text, (path, text[:1000])
+            assert "cannot read its database" in text, (path, text[:1000])
+            assert 'data-testid="stTextInput"' not in html  # nowhere to type a URL
+            assert 'data-testid="stSelectbox"' in html  # the operator's list, by name
+            assert 'data-testid="stAppDeployButton"' not in html and "Deploy" not in text
+    assert password not in log.read_text()  # the reasons are logged, the password is not
+    assert "Connection refused" in log.read_text()

