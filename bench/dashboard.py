@@ -26,7 +26,7 @@ from bench import cpu_name, emit  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PAGES = ("overview", "study", "evaluation", "live")
+PAGES = ("overview", "study", "evaluation", "live", "data")
 STUDY_TABS = ("History", "Importance", "Hyperparameters", "Time")
 IMDB_TEST = ROOT.parent / "shared" / "data" / "imdb" / "test.parquet"
 DEFAULT_DB = Path("/tmp/sentiment-bench/dashboard.db")
