@@ -4,13 +4,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from storage.records import COMPARED_STAGES, ClassMetrics, Curve, Run, Stage
 
@@ -209,21 +206,6 @@ def errors_frame(preds: pd.DataFrame, threshold: float, min_length: int = 0,
                         "text": wrong["text"]})
     return out.sort_values("confidence", ascending=False, kind="stable").head(limit) \
         .reset_index(drop=True)
-
-
-def missing_sqlite_file(url: str) -> str | None:
-    """The path of a SQLite database file that does not exist yet, else None.
-
-    The dashboard only reads: it must not create an empty database where the user mistyped one.
-    """
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError, TypeError):  # the Store explains malformed URLs itself
-        return None
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
-        return None
-    return None if Path(database).exists() else database
 
 
 def stage_comparisons(latest: Mapping[Stage, Run],

@@ -249,14 +249,6 @@ def test_verdict_gives_the_probability_of_the_chosen_label() -> None:
     assert live_views.verdict("m", 0.5).label == "positive"
 
 
-def test_missing_sqlite_file_only_for_absent_sqlite_files(tmp_path) -> None:
-    assert views.missing_sqlite_file(f"sqlite:///{tmp_path}/no.db") == f"{tmp_path}/no.db"
-    (tmp_path / "yes.db").write_bytes(b"")
-    assert views.missing_sqlite_file(f"sqlite:///{tmp_path}/yes.db") is None
-    assert views.missing_sqlite_file("sqlite://") is None
-    assert views.missing_sqlite_file("postgresql+psycopg://u@h/db") is None
-
-
 def test_metric_cells_show_dash_for_missing_values() -> None:
     cells = {name: (shown, note) for name, shown, note in
                  views.metric_cells(make_run(1, "baseline"))}
