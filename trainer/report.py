@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,8 @@ from storage.records import COMPARED_STAGES, Audit, Stage
 from storage.rows import DUPLICATE_KINDS, DUPLICATE_SCOPES
 from trainer.errors import TrainerError
 from trainer.metrics import McNemar, mcnemar, wilson_interval
+
+MAX_TOKENS = 512  # what BERT-sized encoders such as MiniLM read at most
 
 
 def _num(x: float) -> float | None:
@@ -97,18 +99,159 @@ def study_entries(url: str, name: str | None = None) -> list[dict[str, Any]]:
 def build_report(store, *, with_trials: bool = False) -> dict[str, Any]:
     """The `report --json` object: evaluated models (trials only when asked) and studies.
 
+    Each run compared with others on the same reviews (`compared_groups`) gains
+    "on_shared_reviews" (`shared_accuracies`; None for the others), and "shortfalls" explains
+    each fine-tuned model that scores below the baseline there (`shortfall_sentence`).
+
     Args:
         store: the Store, best opened with read_only=True: the studies are read only too.
         with_trials: include each tuning trial's validation run.
     """
     runs = [r for r in store.list_runs() if with_trials or r.spec.stage != Stage.TRIAL]
-    return {"runs": deduplicated_entries(store, runs), "studies": study_entries(store.url),
-            "audit": audit_section(store.latest_audit())}
+    entries = deduplicated_entries(store, runs)
+    shared, shortfalls = compare_on_shared_reviews(store, runs)
+    for entry in entries:
+        entry["on_shared_reviews"] = shared.get(entry["id"])
+    return {"runs": entries, "studies": study_entries(store.url),
+            "audit": audit_section(store.latest_audit()), "shortfalls": shortfalls}
 
 
 def empty_report() -> dict[str, Any]:
     """The `report --json` object of a database that holds nothing of this tool yet."""
-    return {"runs": [], "studies": [], "audit": audit_section(None)}
+    return {"runs": [], "studies": [], "audit": audit_section(None), "shortfalls": []}
+
+
+# --- the stages on the same reviews -------------------------------------------------------------
+
+
+def accuracy_of(predictions: pd.DataFrame, threshold: float = 0.5) -> dict[str, Any]:
+    """Accuracy, its Wilson 95% interval and n of the scored reviews among `predictions`.
+
+    Args:
+        predictions: review_id, label, prob (NaN: not scored, left out).
+        threshold: a review is called positive when prob >= threshold.
+
+    Returns:
+        n, accuracy (None when n is 0) and accuracy_ci95 ([low, high]).
+    """
+    scored = predictions.dropna(subset=["prob"])
+    n, right = len(scored), int(((scored["prob"] >= threshold).astype(int)
+                                 == scored["label"]).sum())
+    low, high = wilson_interval(right, n)
+    return {"n": n, "accuracy": _num(right / n) if n else None,
+            "accuracy_ci95": [_num(low), _num(high)]}
+
+
+def shared_accuracies(preds: Mapping[int, pd.DataFrame],
+                      threshold: float = 0.5) -> dict[int, dict[str, Any]]:
+    """Each run's accuracy on the reviews that every one of the runs scored.
+
+    The one place where stages are put on the same reviews: the baseline scores the whole test
+    split, the transformer stages a seeded subset of it, so only that subset compares them.
+
+    Args:
+        preds: run id -> the run's stored predictions (review_id, label, prob).
+        threshold: a review is called positive when prob >= threshold.
+
+    Returns:
+        run id -> `accuracy_of` on the shared reviews plus "with" (the other runs' ids); empty
+        with fewer than two runs, no shared review, or runs that give a review different labels
+        (scored on different data).
+    """
+    if len(preds) < 2:
+        return {}
+    scored = {i: p.dropna(subset=["prob"]).drop_duplicates("review_id").set_index("review_id")
+              for i, p in preds.items()}
+    common = None
+    for frame in scored.values():
+        common = frame.index if common is None else common.intersection(frame.index)
+    if common is None or common.empty:
+        return {}
+    labels = [frame.loc[common, "label"].to_numpy() for frame in scored.values()]
+    if any((y != labels[0]).any() for y in labels[1:]):
+        return {}
+    return {i: {**accuracy_of(frame.loc[common].reset_index(), threshold),
+                "with": sorted(j for j in scored if j != i)} for i, frame in scored.items()}
+
+
+def compared_groups(runs: Sequence[Run]) -> list[list[Run]]:
+    """The runs compared on the same reviews: per data source, the newest test-split run of
+    each compared stage (baseline, pretrained, fine-tuned), in stage order; groups of two or
+    more only."""
+    newest: dict[str, dict[str, Run]] = {}
+    for run in runs:
+        spec = run.spec
+        if spec.split != "test" or spec.stage not in COMPARED_STAGES:
+            continue
+        group = newest.setdefault(spec.data_source, {})
+        if spec.stage not in group or run.id > group[spec.stage].id:
+            group[spec.stage] = run
+    return [[g[s] for s in COMPARED_STAGES if s in g] for g in newest.values() if len(g) > 1]
+
+
+def compare_on_shared_reviews(store, runs: Sequence[Run]) -> tuple[dict[int, dict[str, Any]],
+                                                                   list[dict[str, Any]]]:
+    """`shared_accuracies` of each of the `compared_groups`, and their shortfalls.
+
+    Returns:
+        (run id -> its "on_shared_reviews" entry; one {"run_id", "baseline_run_id", "sentence"}
+        per fine-tuned model below the baseline on the shared reviews).
+    """
+    shared: dict[int, dict[str, Any]] = {}
+    shortfalls = []
+    for group in compared_groups(runs):
+        found = shared_accuracies({r.id: store.predictions(r.id, texts=False) for r in group})
+        shared.update(found)
+        by_stage = {r.spec.stage: r for r in group}
+        base, tuned = by_stage.get(Stage.BASELINE), by_stage.get(Stage.FINETUNED)
+        if found and base is not None and tuned is not None:
+            sentence = shortfall_sentence(tuned, found[base.id]["accuracy"],
+                                          found[tuned.id]["accuracy"], found[tuned.id]["n"])
+            if sentence is not None:
+                shortfalls.append({"run_id": tuned.id, "baseline_run_id": base.id,
+                                   "sentence": sentence})
+    return shared, shortfalls
+
+
+def shortfall_sentence(tuned: Run, baseline_accuracy: float, tuned_accuracy: float,
+                       n: int) -> str | None:
+    """Why a fine-tuned model scores below the baseline on the same reviews, and what to change,
+    in one sentence read from the run's stored config; None when it is not below.
+
+    Args:
+        tuned: the fine-tuned model's run (its config: train_size, max_length, best_params'
+            num_train_epochs, device when recorded).
+        baseline_accuracy, tuned_accuracy: both on the same `n` reviews (`shared_accuracies`).
+        n: how many reviews both scored.
+    """
+    if tuned_accuracy >= baseline_accuracy:
+        return None
+    c = tuned.spec.config
+    train, tokens, device = c.get("train_size"), c.get("max_length"), c.get("device")
+    fixes = [f for f, needed in (
+        ("train on more reviews with --train-size", train is not None),
+        ("keep more tokens with --max-length", tokens is None or tokens < MAX_TOKENS),
+        ("train on a GPU", device is None or not str(device).startswith("cuda"))) if needed]
+    fixes = fixes or ["tune longer with --trials"]
+    return (f"The fine-tuned model scores {tuned_accuracy:.3f} against the TF-IDF baseline's "
+            f"{baseline_accuracy:.3f} on the same {n:,} test reviews, likely because it was "
+            f"fine-tuned on {training_of(c)}, while the baseline learned from the whole train "
+            f"split; to close the gap, "
+            f"{', '.join(fixes[:-1]) + ' or ' if len(fixes) > 1 else ''}{fixes[-1]}.")
+
+
+def training_of(config: dict[str, Any]) -> str:
+    """How a fine-tuned model was trained, from its run's stored config, e.g. "200 training
+    reviews cut to 128 tokens for 2 epochs on cpu"; what the config lacks is said to be so."""
+    train, tokens = config.get("train_size"), config.get("max_length")
+    epochs = (config.get("best_params") or {}).get("num_train_epochs")
+    device = config.get("device")
+    return "".join([
+        "the whole train split" if train is None else f"{train:,} training reviews",
+        " (tokens kept not recorded)" if tokens is None else f" cut to {tokens} tokens",
+        " for an unrecorded number of epochs" if epochs is None else
+        f" for {epochs} epoch{'' if epochs == 1 else 's'}",
+        " on a device the run did not record" if device is None else f" on {device}"])
 
 
 # --- the audit: deduplicated test figures and the audit section ---------------------------------
@@ -129,10 +272,7 @@ def deduplicated_accuracy(predictions: pd.DataFrame, leaked_test_ids: Collection
     """
     scored = predictions.dropna(subset=["prob"])
     kept = scored[~scored["review_id"].isin(leaked_test_ids)]
-    n, right = len(kept), int(((kept["prob"] >= threshold).astype(int) == kept["label"]).sum())
-    low, high = wilson_interval(right, n)
-    return {"accuracy": _num(right / n) if n else None, "accuracy_ci95": [_num(low), _num(high)],
-            "n": n, "left_out": len(scored) - n}
+    return {**accuracy_of(kept, threshold), "left_out": len(scored) - len(kept)}
 
 
 def deduplicated_entries(store, runs: Sequence[Run]) -> list[dict[str, Any]]:
@@ -256,14 +396,21 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+SHARED_HEADER = "on the same reviews [95% CI] (n)"
+
+
 def runs_table(entries: list[dict[str, Any]], extra: dict[int, str] | None = None) -> str:
     """Readable table of report run entries; `extra` adds a column (e.g. McNemar p) by run id.
 
-    Entries with "deduplicated_test" (`deduplicated_entries`) add its accuracy, interval and n.
+    Entries with "deduplicated_test" (`deduplicated_entries`) add its accuracy, interval and n;
+    entries with "on_shared_reviews" (`compare_on_shared_reviews`) add theirs where that is not
+    simply every review a run scored.
     """
     headers = ["id", "stage", "model", "n", "accuracy [95% CI]", "F1 neg", "F1 pos", "ROC AUC"]
     dedup = any(e.get("deduplicated_test") for e in entries)
+    shared = any(differs(e) for e in entries)
     headers += ["deduplicated test [95% CI] (n)"] if dedup else []
+    headers += [SHARED_HEADER] if shared else []
     headers += ["McNemar p vs fine-tuned"] if extra is not None else []
     rows = []
     for e in entries:
@@ -274,6 +421,7 @@ def runs_table(entries: list[dict[str, Any]], extra: dict[int, str] | None = Non
                _fmt(m["per_class"].get("negative", {}).get("f1")),
                _fmt(m["per_class"].get("positive", {}).get("f1")), _fmt(m["roc_auc"])]
         row += [_dedup_cell(e.get("deduplicated_test"))] if dedup else []
+        row += [_dedup_cell(e.get("on_shared_reviews"))] if shared else []
         rows.append(row + ([extra.get(e["id"], "")] if extra is not None else []))
     return _table(headers, rows)
 
@@ -305,6 +453,7 @@ def _params(params: dict[str, Any]) -> str:
 def render(report: dict[str, Any]) -> str:
     """The human-readable `report`: models, warnings, studies, the latest audit."""
     parts = ["Evaluated models", runs_table(report["runs"]) if report["runs"] else "(none yet)"]
+    parts += shared_notes(report["runs"], report.get("shortfalls", []))
     for e in report["runs"]:
         parts += [f"warning (run {e['id']}): {w}" for w in e["warnings"]]
     studies = studies_table(report["studies"]) if report["studies"] else "(none yet)"
@@ -312,6 +461,21 @@ def render(report: dict[str, Any]) -> str:
     if report.get("audit"):
         parts += ["", audit_text(report["audit"])]
     return "\n".join(parts)
+
+
+def differs(entry: dict[str, Any]) -> bool:
+    """Whether a report entry's figures on the shared reviews are on fewer reviews than its own."""
+    shared = entry.get("on_shared_reviews")
+    return bool(shared) and shared["n"] != entry["n"]
+
+
+def shared_notes(entries: list[dict[str, Any]], shortfalls: list[dict[str, Any]]) -> list[str]:
+    """Lines under the runs table: which runs were put on the same reviews, and each shortfall."""
+    groups = {tuple(sorted([e["id"], *e["on_shared_reviews"]["with"]])):
+              e["on_shared_reviews"]["n"] for e in entries if differs(e)}
+    lines = [f"runs {', '.join(map(str, ids))}: compared on the {n:,} test reviews all of them "
+             f"scored (column \"{SHARED_HEADER}\")" for ids, n in groups.items()]
+    return lines + [f"note (run {s['run_id']}): {s['sentence']}" for s in shortfalls]
 
 
 @dataclass(frozen=True)
@@ -440,6 +604,7 @@ def summary(store, runs: list[Run]) -> str:
         tuned = by_stage[Stage.FINETUNED]
         extra = mcnemar_against(store, tuned, [r for r in ordered if r is not tuned])
         extra[tuned.id] = "–"
-    text = runs_table([run_entry(r) for r in ordered], extra)
+    shared, shortfalls = compare_on_shared_reviews(store, ordered)
+    entries = [{**run_entry(r), "on_shared_reviews": shared.get(r.id)} for r in ordered]
     notes = [f"warning (run {r.id}): {w}" for r in ordered for w in r.spec.warnings]
-    return "\n".join([text, *notes])
+    return "\n".join([runs_table(entries, extra), *shared_notes(entries, shortfalls), *notes])

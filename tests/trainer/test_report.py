@@ -69,7 +69,7 @@ def test_summary_lists_stages_in_stage_order_with_mcnemar_against_fine_tuned() -
                            make_run(2, "pretrained")])
     lines = text.splitlines()
     assert "McNemar p vs fine-tuned" in lines[0]
-    assert [line.split()[1] for line in lines[2:]] == ["baseline", "pretrained", "finetuned"]
+    assert [line.split()[1] for line in lines[2:5]] == ["baseline", "pretrained", "finetuned"]
     assert lines[2].rstrip().endswith("1 (n=2)") and lines[4].rstrip().endswith("–")
 
 
