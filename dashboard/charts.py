@@ -7,6 +7,9 @@ import pandas as pd
 STATE_COLORS = alt.Scale(domain=["COMPLETE", "PRUNED", "FAIL", "RUNNING"],
                          range=["#1f77b4", "#ff7f0e", "#d62728", "#7f7f7f"])
 CLASS_COLORS = alt.Scale(domain=["negative", "positive"], range=["#d62728", "#2ca02c"])
+# Legend labels name a run and its n ("fine-tuned model: …, study … (run 9) · 500 test
+# reviews"): below the chart, one per line, never cut (labelLimit 0: no limit).
+FULL_LEGEND = alt.Legend(orient="bottom", columns=1, labelLimit=0)
 
 
 def confusion_chart(frame: pd.DataFrame, normalised: bool = False) -> alt.Chart:
@@ -33,8 +36,7 @@ def curves_chart(frame: pd.DataFrame, kind: str) -> alt.Chart:
     lines = alt.Chart(frame).mark_line().encode(
         x=alt.X("x:Q", title=x_title, scale=alt.Scale(domain=[0, 1])),
         y=alt.Y("y:Q", title=y_title, scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("model:N", title="model",
-                        legend=alt.Legend(orient="bottom", columns=1, labelLimit=400)),
+        color=alt.Color("model:N", title="model", legend=FULL_LEGEND),
         order="order:Q",
         tooltip=[alt.Tooltip("x:Q", format=".3f", title=x_title),
                  alt.Tooltip("y:Q", format=".3f", title=y_title),
@@ -161,8 +163,7 @@ def behaviour_chart(frame: pd.DataFrame) -> alt.LayerChart:
     base = alt.Chart(frame).encode(
         y=alt.Y("test:N", title=None, sort=None, axis=alt.Axis(labelLimit=320)),
         yOffset=alt.YOffset("model:N"),
-        color=alt.Color("model:N", title="model",
-                        legend=alt.Legend(orient="bottom", columns=1, labelLimit=400)),
+        color=alt.Color("model:N", title="model", legend=FULL_LEGEND),
         tooltip=["test:N", "kind:N", "model:N", alt.Tooltip("n:Q", format=",d"),
                  alt.Tooltip("failures:Q", format=",d"),
                  alt.Tooltip("failure_rate:Q", format=".1%", title="failure rate"),
@@ -182,8 +183,7 @@ def slice_accuracy_chart(frame: pd.DataFrame, by: str) -> alt.LayerChart:
         x=alt.X("bucket:N", title="review length" if by == "length" else by,
                 sort=alt.EncodingSortField("order", op="min"), axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("model:N"),
-        color=alt.Color("model:N", title="model",
-                        legend=alt.Legend(orient="bottom", columns=1, labelLimit=400)),
+        color=alt.Color("model:N", title="model", legend=FULL_LEGEND),
         tooltip=["bucket:N", "model:N", alt.Tooltip("n:Q", format=",d"),
                  alt.Tooltip("accuracy:Q", format=".3f"),
                  alt.Tooltip("interval:N", title="95% interval")])

@@ -86,6 +86,75 @@ def overview_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+def shared_figures(latest: Mapping[Stage, Run],
+                   preds: Mapping[int, pd.DataFrame]) -> dict[int, dict[str, Any]]:
+    """Each stage's accuracy on the reviews every stage scored (`trainer.report`'s one rule).
+
+    Args:
+        latest: stage -> run (`latest_by_stage`).
+        preds: run id -> that run's predictions.
+
+    Returns:
+        run id -> n, accuracy, accuracy_ci95, with; empty when the stages share no review.
+    """
+    from trainer.report import shared_accuracies
+
+    return shared_accuracies({run.id: preds[run.id] for run in latest.values()})
+
+
+def accuracy_tiles(latest: Mapping[Stage, Run],
+                   shared: Mapping[int, Mapping[str, Any]]) -> pd.DataFrame:
+    """The overview's accuracy tiles, each with its n and 95% interval.
+
+    First each stage on the reviews all of them scored (`shared_figures`); then, for a run that
+    scored more reviews than those (the baseline scores the whole test split), its own figure.
+    Without shared reviews, each run's own figure only.
+
+    Returns:
+        One row per tile: row ("same" | "own"), stage, label, accuracy, ci_low, ci_high, n,
+        caption (interval and n, as shown under the tile).
+    """
+    rows = []
+    for stage, run in latest.items():
+        if run.id in shared:
+            found = shared[run.id]
+            rows.append(_tile("same", stage, stage.display, found["accuracy"],
+                              found["accuracy_ci95"], found["n"],
+                              f"the same {found['n']:,} {run.spec.split} reviews"))
+    for stage, run in latest.items():
+        ev = run.evaluation
+        if run.id in shared and shared[run.id]["n"] == ev.n:
+            continue
+        s = ev.scalars
+        label = f"{stage.display}, every review it scored" if shared else stage.display
+        rows.append(_tile("own", stage, label, s.get("accuracy"),
+                          (s.get("accuracy_ci_low"), s.get("accuracy_ci_high")), ev.n,
+                          f"{ev.n:,} {run.spec.split} reviews"))
+    return pd.DataFrame(rows, columns=["row", "stage", "label", "accuracy", "ci_low", "ci_high",
+                                       "n", "caption"])
+
+
+def _tile(row: str, stage: Stage, label: str, accuracy: float | None,
+          ci: Sequence[float | None], n: int, reviews: str) -> dict[str, Any]:
+    interval = format_ci(*ci)
+    caption = (f"95% CI {interval}" if interval else "no interval stored") + f" · {reviews}"
+    return {"row": row, "stage": stage.value, "label": label,
+            "accuracy": math.nan if accuracy is None else accuracy, "ci_low": ci[0],
+            "ci_high": ci[1], "n": n, "caption": caption}
+
+
+def shortfall(latest: Mapping[Stage, Run], shared: Mapping[int, Mapping[str, Any]]) -> str | None:
+    """Why the fine-tuned model scores below the baseline on the same reviews, or None
+    (`trainer.report.shortfall_sentence`)."""
+    from trainer.report import shortfall_sentence
+
+    base, tuned = latest.get(Stage.BASELINE), latest.get(Stage.FINETUNED)
+    if base is None or tuned is None or base.id not in shared or tuned.id not in shared:
+        return None
+    return shortfall_sentence(tuned, shared[base.id]["accuracy"], shared[tuned.id]["accuracy"],
+                              shared[tuned.id]["n"])
+
+
 def format_p(p: float) -> str:
     """A p-value as people write it: "p < 0.001" or "p = 0.042"."""
     if math.isnan(p):
@@ -125,6 +194,25 @@ def escape_markdown(text: str) -> str:
     """Backslash-escape every ASCII punctuation mark and collapse whitespace, so that user text
     shown through st.markdown is plain text: no HTML, links, directives, LaTeX or headings."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", re.sub(r"\s+", " ", text))
+
+
+_CODE = re.compile(r"`([^`]*)`")
+_PLAIN_CODE = re.compile(r"[A-Za-z0-9 ._=/:+,-]+")  # a command or option: nothing to escape
+
+
+def markdown_with_code(text: str) -> str:
+    """Text for st.markdown and alerts with its `backticked` commands shown as code and all else
+    as plain text (`escape_markdown`). A backticked part with other characters (a hostile model
+    name) is escaped like the rest, so no markup can get through."""
+    parts, pos = [], 0
+    for match in _CODE.finditer(text):
+        code = match.group(1)
+        if not _PLAIN_CODE.fullmatch(code):
+            continue
+        parts += [escape_markdown(text[pos:match.start()]), f"`{code}`"]
+        pos = match.end()
+    parts.append(escape_markdown(text[pos:]))
+    return "".join(parts)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -180,17 +268,18 @@ def probability_histogram(preds: pd.DataFrame, bins: int = 20) -> pd.DataFrame:
 
 
 def errors_frame(preds: pd.DataFrame, threshold: float, min_length: int = 0,
-                 max_length: int | None = None, limit: int = 200) -> pd.DataFrame:
+                 max_length: int | None = None, limit: int | None = 200) -> pd.DataFrame:
     """Misclassified reviews at a threshold, the most confidently wrong first.
 
     Args:
         preds: review_id, label, prob, text, length.
         threshold: a review is called positive when prob >= threshold.
         min_length, max_length: keep reviews whose length lies in this range.
-        limit: at most this many rows (the browser never gets every review).
+        limit: at most this many rows (the browser never gets every review); None for all.
 
     Returns:
-        review_id, true, predicted, confidence (probability of the predicted label), length, text.
+        review_id, true, predicted, confidence (probability of the predicted label), length, text
+        (its HTML line breaks as newlines, `review_text`).
     """
     preds = preds.dropna(subset=["prob"])
     predicted = (preds["prob"] >= threshold).astype(int)
@@ -203,9 +292,26 @@ def errors_frame(preds: pd.DataFrame, threshold: float, min_length: int = 0,
                         "true": np.where(wrong["label"] == 1, "positive", "negative"),
                         "predicted": np.where(pred_wrong == 1, "positive", "negative"),
                         "confidence": confidence, "length": wrong["length"],
-                        "text": wrong["text"]})
-    return out.sort_values("confidence", ascending=False, kind="stable").head(limit) \
-        .reset_index(drop=True)
+                        "text": wrong["text"].map(review_text)})
+    out = out.sort_values("confidence", ascending=False, kind="stable")
+    return (out if limit is None else out.head(limit)).reset_index(drop=True)
+
+
+_BREAK = re.compile(r"\s*<br\s*/?>\s*", re.IGNORECASE)
+
+
+def review_text(text: Any) -> Any:
+    """A review as plain text: IMDB's `<br />` tags become line breaks (shown with st.text,
+    never as HTML); anything that is not a string is returned as it is."""
+    return _BREAK.sub("\n", text).strip() if isinstance(text, str) else text
+
+
+def errors_caption(shown: int, total: int) -> str:
+    """How many misclassified reviews the browser lists, of how many there are."""
+    if total == 0:
+        return "No misclassified review in this length range at this threshold."
+    more = "" if shown == total else ", the most confidently wrong first"
+    return f"{shown:,} of {total:,} misclassified reviews shown{more}."
 
 
 def stage_comparisons(latest: Mapping[Stage, Run],
@@ -256,6 +362,116 @@ def at_threshold(preds: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, p
     labels, probs = scored["label"].to_numpy(), scored["prob"].to_numpy()
     return (confusion_frame(confusion_at(labels, probs, threshold)),
             per_class_frame(per_class_at(labels, probs, threshold)))
+
+
+def accuracy_at(preds: pd.DataFrame, threshold: float) -> dict[str, Any]:
+    """Accuracy of stored predictions at a threshold, with n and Wilson 95% interval
+    (`trainer.report.accuracy_of`)."""
+    from trainer.report import accuracy_of
+
+    return accuracy_of(preds, threshold)
+
+
+def accuracy_sentence(found: Mapping[str, Any], threshold: float, split: str) -> str:
+    """E.g. "accuracy 0.873 95% CI [0.851, 0.893] on 1,000 test reviews at threshold 0.50"."""
+    if not found["n"]:
+        return f"no scored review to measure accuracy at threshold {threshold:.2f}"
+    ci = format_ci(*found["accuracy_ci95"])
+    return (f"accuracy {found['accuracy']:.3f}{' 95% CI ' + ci if ci else ''} on "
+            f"{found['n']:,} {split} reviews at threshold {threshold:.2f}")
+
+
+def metric_captions(run: Run, preds: pd.DataFrame | None) -> dict[str, str]:
+    """What shows under each headline number of the evaluation page: its 95% interval and n.
+
+    Accuracy, ROC AUC and PR AUC carry their stored bootstrap intervals; log loss and Brier,
+    means over reviews, get a normal-approximation interval from the stored predictions;
+    ECE, a binned statistic, has none.
+
+    Args:
+        run: the run shown.
+        preds: its stored predictions (review_id, label, prob), or None when it has none.
+    """
+    s, n = run.evaluation.scalars, f"n = {run.evaluation.n:,}"
+    stored = {name: format_ci(s.get(f"{key}_ci_low"), s.get(f"{key}_ci_high"))
+              for name, key in (("accuracy", "accuracy"), ("ROC AUC", "roc_auc"),
+                                ("PR AUC", "average_precision"))}
+    per_review = review_losses(preds) if preds is not None else {}
+    computed = {name: format_ci(*mean_interval(values)) for name, values in per_review.items()}
+    captions = {}
+    for name in ("accuracy", "ROC AUC", "PR AUC", "log loss", "ECE", "Brier"):
+        ci = stored.get(name) or computed.get(name)
+        none = "no interval (a binned statistic)" if name == "ECE" else "no interval stored"
+        captions[name] = f"95% CI {ci} · {n}" if ci else f"{none} · {n}"
+    return captions
+
+
+def review_losses(preds: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each scored review's log loss and squared error (whose means are log loss and Brier)."""
+    from trainer.metrics import EPS
+
+    scored = preds.dropna(subset=["prob"])
+    y = scored["label"].to_numpy(dtype=float)
+    p = np.clip(scored["prob"].to_numpy(dtype=float), EPS, 1 - EPS)
+    return {"log loss": -(y * np.log(p) + (1 - y) * np.log1p(-p)), "Brier": (p - y) ** 2}
+
+
+def mean_interval(values: np.ndarray, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Normal-approximation 95% interval of a mean; NaN with fewer than two values."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    half = z * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    mean = float(np.mean(values))
+    return mean - half, mean + half
+
+
+def curve_label(run: Run, n: int | None = None) -> str:
+    """A run's name in a chart legend with the reviews its curve was drawn on."""
+    n = run.evaluation.n if n is None else n
+    return f"{run.label} · {n:,} {run.spec.split} reviews"
+
+
+def roc_comparison(run: Run, other: Run, preds: pd.DataFrame | None,
+                   other_preds: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
+    """Two runs' ROC curves, drawn only on the same reviews, and a note saying on which.
+
+    Runs that scored the same reviews keep their stored curves; runs that share only some
+    (the baseline's whole test split and a transformer's subset) are redrawn from their stored
+    predictions on the shared reviews; runs that share none (a trial's validation reviews and
+    a stage's test reviews) are not overlaid.
+
+    Returns:
+        (`curves_frame`-like rows with each legend naming its n, or None when refused; the note).
+    """
+    from trainer.report import shared_accuracies
+
+    sizes = (f"{run.label} scored {run.evaluation.n:,} {run.spec.split} reviews, "
+             f"{other.label} {other.evaluation.n:,} {other.spec.split} reviews")
+    if preds is None or other_preds is None:
+        return None, f"Not overlaid: a run has no stored predictions to pair ({sizes})."
+    shared = shared_accuracies({run.id: preds, other.id: other_preds})
+    if not shared:
+        return None, (f"Not overlaid: the two runs share no review ({sizes}), so their curves "
+                      "would mix the models with the data they were scored on.")
+    n = shared[run.id]["n"]
+    if n == run.evaluation.n == other.evaluation.n:
+        frame = pd.concat([curve_frame(r.evaluation.curves["roc"], curve_label(r))
+                           for r in (run, other)], ignore_index=True)
+        return frame, f"Both curves are on the same {n:,} {run.spec.split} reviews."
+    ids = set(preds.dropna(subset=["prob"])["review_id"]) & \
+        set(other_preds.dropna(subset=["prob"])["review_id"])
+    frame = pd.concat([shared_roc(p, ids, curve_label(r, n))
+                       for r, p in ((run, preds), (other, other_preds))], ignore_index=True)
+    return frame, (f"Both curves redrawn on the {n:,} {run.spec.split} reviews both runs "
+                   f"scored ({sizes}).")
+
+
+def shared_roc(preds: pd.DataFrame, ids: set[str], model: str) -> pd.DataFrame:
+    """The ROC curve of a run's stored predictions on the reviews `ids`, as `curve_frame` rows."""
+    from trainer.metrics import roc_curve
+
+    kept = preds[preds["review_id"].isin(ids)].dropna(subset=["prob"])
+    return curve_frame(roc_curve(kept["label"].to_numpy(), kept["prob"].to_numpy()), model)
 
 
 def step_auc(curve: Curve) -> float:

@@ -1,6 +1,7 @@
 """Evaluation page: any stored model's confusion, curves, calibration, threshold and errors."""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import charts, resources, views, widgets
@@ -9,6 +10,7 @@ from storage.records import COMPARED_STAGES, Run, Stage
 
 st.title("Evaluation")
 url = widgets.database_url()
+MAX_ERRORS_SHOWN = 200  # the browser never gets every review
 
 
 def pick_run(url: str, stage_runs: list[Run]) -> Run | None:
@@ -32,32 +34,49 @@ def pick_run(url: str, stage_runs: list[Run]) -> Run | None:
     return by_id[chosen]
 
 
-def show_scalars(run: Run) -> None:
-    cells = views.metric_cells(run)
+def show_scalars(run: Run, preds: pd.DataFrame | None) -> None:
+    cells, captions = views.metric_cells(run), views.metric_captions(run, preds)
     for column, (name, shown, note) in zip(st.columns(len(cells)), cells):
         column.metric(name, shown, help=note)
-    st.caption(f"{run.evaluation.n:,} {views.escape_markdown(run.spec.split)} reviews · model "
-               f"{views.escape_markdown(run.spec.model)}")
+        column.caption(captions[name])  # our own text: an interval and n
+    st.caption(f"On {run.evaluation.n:,} {views.escape_markdown(run.spec.split)} reviews at "
+               f"threshold 0.5 · model {views.escape_markdown(run.spec.model)}")
 
 
-def show_curves(url: str, run: Run, runs: list[Run]) -> None:
+def show_curves(url: str, run: Run, runs: list[Run], preds: pd.DataFrame | None) -> None:
     curves = run.evaluation.curves
     others = {r.id: r for r in runs if r.id != run.id and "roc" in r.evaluation.curves}
     compare = st.selectbox("Compare the ROC curve with", [None, *others], key="eval_compare",
-                           format_func=lambda i: "—" if i is None else others[i].label)
-    roc_runs = [run] + ([others[compare]] if compare is not None else [])
+                           format_func=lambda i: "—" if i is None else others[i].label,
+                           help="Curves are overlaid only on the reviews both runs scored.")
+    roc = roc_frame(url, run, others.get(compare), preds)
     left, middle, right = st.columns(3)
-    if "roc" in curves:
-        left.altair_chart(charts.curves_chart(views.curves_frame(roc_runs, "roc"), "roc"),
-                          key="eval_roc")
+    if roc is not None:
+        left.altair_chart(charts.curves_chart(roc, "roc"), key="eval_roc")
     if "pr" in curves:
         middle.altair_chart(charts.curves_chart(
-            views.curve_frame(curves["pr"], run.label), "pr"), key="eval_pr")
+            views.curve_frame(curves["pr"], views.curve_label(run)), "pr"), key="eval_pr")
     if "calibration" in curves:
         right.altair_chart(charts.calibration_chart(
-            views.curve_frame(curves["calibration"], run.label)), key="eval_cal")
+            views.curve_frame(curves["calibration"], views.curve_label(run))), key="eval_cal")
     if not curves:
         st.info("This run has no stored curves.")
+
+
+def roc_frame(url: str, run: Run, other: Run | None,
+              preds: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The ROC rows to draw: the run's own, or both runs' on the reviews both scored."""
+    own = views.curve_frame(run.evaluation.curves["roc"], views.curve_label(run)) \
+        if "roc" in run.evaluation.curves else None
+    if other is None:
+        return own
+    other_preds = resources.predictions(url, other.id, texts=False)
+    frame, note = views.roc_comparison(run, other, preds, other_preds)
+    if frame is None:
+        st.warning(views.escape_markdown(note))
+        return own
+    st.caption(views.escape_markdown(note))
+    return frame
 
 
 def show_threshold(run: Run, preds) -> float:
@@ -65,6 +84,11 @@ def show_threshold(run: Run, preds) -> float:
     threshold = st.slider("Call a review positive when its probability is at least",
                           0.01, 0.99, 0.5, 0.01, key="eval_threshold")
     confusion, per_class = views.at_threshold(preds, threshold)
+    found = views.accuracy_at(preds, threshold)
+    st.metric(f"accuracy at threshold {threshold:.2f}",
+              "–" if found["accuracy"] is None else f"{found['accuracy']:.3f}")
+    st.caption(views.escape_markdown(views.accuracy_sentence(found, threshold, run.spec.split))
+               + " (95% interval: Wilson's score)")
     left, middle, right = st.columns([1, 1, 2])
     left.altair_chart(charts.confusion_chart(confusion), key="eval_confusion")
     middle.altair_chart(charts.confusion_chart(confusion, normalised=True),
@@ -83,13 +107,26 @@ def show_errors(preds, threshold: float) -> None:
         return
     low, high = int(lengths.min()), max(int(lengths.max()), int(lengths.min()) + 1)
     chosen = st.slider("Review length (characters)", low, high, (low, high), key="eval_length")
-    errors = views.errors_frame(preds, threshold, chosen[0], chosen[1])
-    st.caption(f"{len(errors)} shown (at most 200)")
+    wrong = views.errors_frame(preds, threshold, chosen[0], chosen[1], limit=None)
+    errors = wrong.head(MAX_ERRORS_SHOWN)
+    st.caption(views.errors_caption(len(errors), len(wrong)))
     st.dataframe(errors, hide_index=True, key="eval_errors",
-                 column_config={"confidence": st.column_config.NumberColumn(format="%.3f")})
+                 column_config={"confidence": st.column_config.NumberColumn(format="%.3f"),
+                                "text": st.column_config.TextColumn(width="large")})
     if not errors.empty:
         pick = st.selectbox("Read a review", errors["review_id"], key="eval_read")
         st.text(errors.loc[errors["review_id"] == pick, "text"].iloc[0])
+
+
+def stored_predictions(url: str, run: Run) -> pd.DataFrame:
+    try:
+        return resources.predictions(url, run.id)
+    except StorageError:
+        resources.trial_runs.clear()  # a running trial may have replaced its row (new id)
+        if run.spec.stage != Stage.TRIAL or run.id in {
+                r.id for r in resources.trial_runs(url, run.spec.study).values()}:
+            raise  # not that: show the error rather than rerun forever
+        st.rerun()
 
 
 def show(url: str) -> None:
@@ -98,19 +135,13 @@ def show(url: str) -> None:
     if run is None:
         st.info(f"The database holds no evaluated model yet. {widgets.FILL_HINT}")
         return
-    for warning in run.spec.warnings:
-        widgets.say("warning", warning)
-    show_scalars(run)
-    show_curves(url, run, runs)
-    try:
-        preds = resources.predictions(url, run.id)
-    except StorageError:
-        resources.trial_runs.clear()  # a running trial may have replaced its row (new id)
-        if run.spec.stage != Stage.TRIAL or run.id in {
-                r.id for r in resources.trial_runs(url, run.spec.study).values()}:
-            raise  # not that: show the error rather than rerun forever
-        st.rerun()
-    if preds["prob"].notna().sum() == 0:
+    for warning in run.spec.warnings:  # ours, with `commands`; names in it are escaped
+        st.warning(views.markdown_with_code(warning))
+    preds = stored_predictions(url, run)
+    scored = preds["prob"].notna().sum() > 0
+    show_scalars(run, preds if scored else None)
+    show_curves(url, run, runs, preds if scored else None)
+    if not scored:
         st.info("This run has no stored predictions; the threshold slider and the error "
                 "browser need them. Runs saved by `python -m trainer` store them.")
         return

@@ -1,6 +1,7 @@
 """Overview page: the three stages side by side, McNemar's test between them, one sentence."""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import resources, views, widgets
@@ -17,23 +18,37 @@ def show_stages(url: str) -> None:
         st.info(f"The database holds no evaluated model yet. {widgets.FILL_HINT}")
         return
     for run in latest.values():
-        for warning in run.spec.warnings:
-            widgets.say("warning", f"{run.label}: {warning}")
-    columns = st.columns(len(latest))
-    for column, (stage, run) in zip(columns, latest.items()):
-        ev = run.evaluation
-        column.metric(stage.display, f"{ev.scalars.get('accuracy', float('nan')):.3f}",
-                      help=f"accuracy on {ev.n:,} {views.escape_markdown(run.spec.split)} reviews")
-    st.subheader("Side by side")
-    st.dataframe(views.overview_table(views.runs_frame(latest.values())), key="overview_table",
-                 height="content")
-    show_tests(url, latest)
-
-
-def show_tests(url: str, latest: dict) -> None:
-    st.subheader("Are the differences real? McNemar's test")
+        for warning in run.spec.warnings:  # ours, with `commands`; the label is escaped
+            st.warning(views.markdown_with_code(f"{run.label}: {warning}"))
     preds = {run.id: resources.predictions(url, run.id, texts=False)
              for run in latest.values()}
+    shared = views.shared_figures(latest, preds)
+    show_tiles(views.accuracy_tiles(latest, shared))
+    if (sentence := views.shortfall(latest, shared)) is not None:
+        st.warning(views.escape_markdown(sentence))
+    st.subheader("Side by side")
+    st.caption("Each model on every review it scored (n, split); the tiles above compare the "
+               "stages on the same reviews.")
+    st.dataframe(views.overview_table(views.runs_frame(latest.values())), key="overview_table",
+                 height="content")
+    show_tests(latest, preds)
+
+
+def show_tiles(tiles: pd.DataFrame) -> None:
+    headings = {"same": "Accuracy on the same reviews: those every stage scored",
+                "own": "Accuracy on every review each model scored"}
+    for row, group in tiles.groupby("row", sort=False):
+        if tiles["row"].nunique() > 1 or row == "same":
+            st.markdown(f"**{headings[row]}**")
+        for column, tile in zip(st.columns(len(group)), group.itertuples()):
+            column.metric(tile.label, f"{tile.accuracy:.3f}")
+            column.caption(tile.caption)  # our own text: numbers and a split name
+    st.caption("Accuracy at threshold 0.5; 95% intervals by bootstrap (a run's own reviews) or "
+               "Wilson's score (the shared reviews).")
+
+
+def show_tests(latest: dict, preds: dict) -> None:
+    st.subheader("Are the differences real? McNemar's test")
     tests = views.stage_comparisons(latest, preds)
     if tests.empty:
         st.info("McNemar's test needs two stages scored on the same reviews with stored "
@@ -45,12 +60,18 @@ def show_tests(url: str, latest: dict) -> None:
                     for a, b in zip(tests["before"], tests["after"])],
         p=[views.format_p(p) for p in tests["p_value"]])
     number = st.column_config.NumberColumn
-    st.dataframe(shown[["comparison", "n", "accuracy_before", "accuracy_after", "b", "c", "p",
-                        "sentence"]], hide_index=True, key="overview_tests",
-                 column_config={"accuracy_before": number("accuracy before", format="%.3f"),
-                                "accuracy_after": number("accuracy after", format="%.3f"),
+    st.dataframe(shown[["comparison", "n", "accuracy_before", "accuracy_after", "b", "c", "p"]],
+                 hide_index=True, key="overview_tests",
+                 column_config={"n": number("shared reviews (n)", format="%d"),
+                                "accuracy_before": number("accuracy of the first", format="%.3f"),
+                                "accuracy_after": number("accuracy of the second",
+                                                         format="%.3f"),
                                 "b": number("only the first right", format="%d"),
                                 "c": number("only the second right", format="%d")})
+    st.caption("Each pair on the n reviews both scored, so accuracies here can differ from a "
+               "model's figure on all its reviews.")
+    if len(tests) > 1:  # the first is the headline above the table
+        st.markdown("\n".join(f"- {views.escape_markdown(s)}" for s in tests["sentence"][1:]))
 
 
 with widgets.page_errors("read the database"):

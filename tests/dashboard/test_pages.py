@@ -114,14 +114,16 @@ def test_overview_shows_stages_warning_tests_and_sentence(open_page: Open,
     assert "untrained sentiment head" in texts(at.warning)
     sentence = texts(at.markdown)
     assert "Fine\\-tuning raised accuracy" in sentence or "Fine-tuning raised" in sentence
-    tests = table_with(at, "sentence")
+    tests = table_with(at, "comparison")
     assert len(tests) == 3 and tests["p"].iloc[0] == "p < 0.001"
+    assert "sentence" not in tests.columns  # each sentence is text under the table, whole
+    assert sentence.count("\n- ") == 2 and "on 300 test reviews" in sentence
 
 
-STUDY_TABS = {"History": ("optimisation history", "intermediate values"),
+STUDY_TABS = {"History": ("optimisation history", "empirical distribution", "intermediate values"),
               "Importance": ("hyperparameter importance",),
-              "Hyperparameters": ("parallel coordinates", "slice plots"),
-              "Time": ("time per trial",)}
+              "Hyperparameters": ("parallel coordinates", "contour", "slice plots"),
+              "Time": ("timeline of trials", "time per trial")}
 
 
 def open_tab(at: AppTest, label: str) -> AppTest:
@@ -194,7 +196,7 @@ def test_evaluation_threshold_slider_recomputes_the_confusion(open_page: Open,
     at = open_page(small_db, "evaluation")
     no_exception(at)
     assert [m.label for m in at.metric] == ["accuracy", "ROC AUC", "PR AUC", "log loss", "ECE",
-                                            "Brier"]
+                                            "Brier", "accuracy at threshold 0.50"]
 
     def predicted_positive() -> int:
         rows = next(c for c in charts(at) if c.get("title") == "confusion matrix")["rows"]
@@ -394,7 +396,7 @@ def test_sidebar_switches_among_allowed_databases_and_keeps_it_across_pages(
     assert len(at.metric) == 3
     at.switch_page("app_pages/evaluation.py").run()
     assert at.sidebar.selectbox(key="database_choice").value == "small"
-    assert not at.info and len(at.metric) == 6
+    assert not at.info and len(at.metric) == 7  # six headline figures, one at the threshold
 
 
 def test_run_without_stored_predictions_says_what_is_missing(open_page: Open,
