@@ -85,3 +85,19 @@ def test_fingerprint_changes_only_with_the_named_fields() -> None:
     a = Config(seed=1).fingerprint("data", "seed")
     assert a == Config(seed=1, trials=5).fingerprint("data", "seed")
     assert a != Config(seed=2).fingerprint("data", "seed")
+
+
+def test_a_cpu_retrains_the_final_model_on_more_reviews_than_the_trials() -> None:
+    cpu = Config().sized_for("cpu")
+    assert cpu.final_train_size > cpu.train_size  # multi-fidelity: trials small, final larger
+    assert cpu.test_size >= 1000
+    assert Config().sized_for("cuda").final_train_size is None  # the best trial's own model
+
+
+def test_the_device_search_space_sits_under_the_users_parameter_by_parameter() -> None:
+    mine = {"learning_rate": {"low": 1e-5, "high": 2e-5, "log": True}}
+    cpu = Config(search_space=mine).sized_for("cpu")
+    assert cpu.search_space["learning_rate"] == mine["learning_rate"]  # the user's wins
+    assert cpu.search_space["num_train_epochs"] == {"low": 1, "high": 1}  # the CPU's stays
+    assert Config(search_space=mine).sized_for("cuda").search_space == mine
+    assert Config(search_space="bad").sized_for("cpu").search_space == "bad"  # refused later

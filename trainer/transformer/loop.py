@@ -1,4 +1,5 @@
-"""A fast fine-tuning loop: tokenise once, token-budget length buckets, bf16, fused AdamW."""
+"""A fast fine-tuning loop: tokenise once, token-budget length buckets, bf16 where native,
+fused AdamW on CUDA."""
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from trainer.errors import ConfigError, TrainingDiverged
+from trainer.transformer.fast import native_bf16
 from trainer.transformer.model import uses_sdpa
 from trainer.transformer.params import FAST_LOOP, resolve
 
@@ -165,7 +167,8 @@ def train_fast(model: Any, tokenizer: Any, train_texts: Sequence[str], train_lab
                on_step: Callable[[int, int], None] | None = None) -> Any:
     """Fine-tune a sequence classifier with length-bucketed token-budget batches.
 
-    bf16 autocast (fp32 master weights) and fused AdamW on CUDA; plain fp32 on a CPU. The
+    bf16 autocast (fp32 master weights) on CUDA and on CPUs with native bf16, fp32 on other
+    CPUs; fused AdamW on CUDA. The
     learning rate is scaled by sqrt(mean batch / per_device_train_batch_size) (at most
     MAX_LR_SCALE times) when token-budget batches hold more reviews than that batch size.
 
@@ -329,6 +332,9 @@ def _compiled(model: Any, device: torch.device, compile: bool | None) -> Any:
 def _autocast(device: torch.device) -> Any:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and native_bf16():
+        # Emulated bf16 (AVX2 only) is slower than fp32: autocast only where the CPU has it.
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
 
 
@@ -341,7 +347,7 @@ def _bar(total: int, progress: bool) -> Any:
 def predict_fast(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int,
                  positive_index: int = 1, device: str | None = None,
                  tokens_per_batch: int = 65_536) -> np.ndarray:
-    """Positive-class probabilities in large length-sorted batches (bf16 autocast on CUDA).
+    """Positive-class probabilities in large length-sorted batches (bf16 autocast as in training).
 
     Args:
         model: a sequence classifier.
