@@ -1,4 +1,5 @@
-"""Fine-tuning: a plain HF Trainer script (pad to max length, fp32, default args) vs train_fast."""
+"""Fine-tuning: a plain HF Trainer script (fp32, default args; dynamic padding or padding to
+max length; optionally bf16=True too) against train_fast, on the same reviews, in one run."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="peer: run the peer and save its figures for a later --peer-json")
     parser.add_argument("--peer-json", default=None,
                         help="the peer's figures from an earlier --only peer run on this device")
+    parser.add_argument("--peer-padding", choices=("dynamic", "max_length"), default="dynamic",
+                        help="dynamic: DataCollatorWithPadding, as a user writes it; "
+                             "max_length: every review padded to --max-length (the GPU runs)")
+    parser.add_argument("--peer-bf16", action="store_true",
+                        help="also run the peer with bf16=True and compare with that too")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--tokens-per-batch", type=int, default=None)
     parser.add_argument("--lr", type=float, default=5e-5, help="our base learning rate")
@@ -68,13 +74,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only == "peer":
         print(json.dumps(peer), flush=True)
         return 0
+    peer_bf16 = run_peer(model, train, test, args, bf16=True) if args.peer_bf16 else None
     ours = run_ours(model, train, test, args)
-    emit("train", figures(ours, peer, args), args.results_dir, args.tag)
+    rows = figures(ours, peer, args)
+    if peer_bf16 is not None:
+        rows += figures(ours, peer_bf16, args, suffix="_vs_peer_bf16")
+    emit("train", rows, args.results_dir, args.tag)
     return 0
 
 
-def figures(ours: dict[str, Any], peer: dict[str, Any], args: argparse.Namespace) -> list[dict]:
-    """The side-by-side figures; accuracy is named with both epoch counts when they differ."""
+def figures(ours: dict[str, Any], peer: dict[str, Any], args: argparse.Namespace,
+            suffix: str = "") -> list[dict]:
+    """The side-by-side figures; accuracy is named with both epoch counts when they differ.
+
+    Args:
+        ours: run_ours' figures.
+        peer: run_peer's figures.
+        args: the parsed options (the device).
+        suffix: appended to every figure's name (which peer it is measured against).
+
+    Returns:
+        One figure dict per measurement; accuracy carries its 95% Wilson intervals.
+    """
     dev = device_name(args.device)
     config = {"ours": ours["config"], "peer": peer["config"]}
     same = ours["config"]["epochs"] == peer["config"]["epochs"]
@@ -84,8 +105,18 @@ def figures(ours: dict[str, Any], peer: dict[str, Any], args: argparse.Namespace
             ("train_epoch_wall_s", "s", "epoch_wall_s", False),
             (accuracy, "accuracy", "test_accuracy", True),
             ("test_predict_reviews_per_s", "reviews/s", "predict_reviews_per_s", True)]
-    return [figure(name, unit, ours[key], peer[key], higher_is_better=hib, device=dev,
-                   config=config) for name, unit, key, hib in rows]
+    out = [figure(name + suffix, unit, ours[key], peer[key], higher_is_better=hib, device=dev,
+                  config=config) for name, unit, key, hib in rows]
+    n = ours["config"]["test_size"]
+    out[2]["ci95"] = {side: _wilson(run["test_accuracy"], n)
+                      for side, run in (("ours", ours), ("peer", peer))}
+    return out
+
+
+def _wilson(accuracy: float, n: int) -> list[float]:
+    from trainer.metrics import wilson_interval
+
+    return [round(v, 4) for v in wilson_interval(round(accuracy * n), n)]
 
 
 class _Clock:
@@ -113,8 +144,10 @@ class _Clock:
         return time.perf_counter()
 
 
-def run_peer(model: str, train: Any, test: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """A plain Trainer script: pad every review to max_length, fp32, TrainingArguments defaults."""
+def run_peer(model: str, train: Any, test: Any, args: argparse.Namespace,
+             bf16: bool = False) -> dict[str, Any]:
+    """A plain Trainer script: TrainingArguments defaults (batch 8, lr 5e-5), fp32 unless bf16,
+    each batch padded to its longest review (or every review to max_length)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
@@ -123,20 +156,22 @@ def run_peer(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
     net = AutoModelForSequenceClassification.from_pretrained(model, num_labels=2,
                                                              dtype=torch.float32)
     start = time.perf_counter()
-    train_set = _Padded(tokenizer, train.texts, train.labels, args.max_length)
+    pad = args.peer_padding == "max_length"
+    train_set = _Padded(tokenizer, train.texts, train.labels, args.max_length, pad)
     clock = _Clock(args.device, len(train) * args.peer_epochs)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _peer_trainer(net, train_set, clock, args, tmp)
+        trainer = _peer_trainer(net, train_set, clock, args, tmp, tokenizer, bf16)
         trainer.train()
         wall = time.perf_counter() - start
         warm = clock.stop() if clock.start else len(train) * args.peer_epochs / wall
-        test_set = _Padded(tokenizer, test.texts, test.labels, args.max_length)
+        test_set = _Padded(tokenizer, test.texts, test.labels, args.max_length, pad)
         begin = time.perf_counter()
         logits = trainer.predict(test_set).predictions
         predict_s = time.perf_counter() - begin
     accuracy = float(np.mean(np.argmax(logits, axis=1) == np.asarray(test.labels)))
     config = {"epochs": args.peer_epochs, "batch_size": 8, "learning_rate": 5e-5,
-              "max_length": args.max_length, "precision": "fp32", "padding": "max_length",
+              "max_length": args.max_length, "precision": "bf16" if bf16 else "fp32",
+              "padding": args.peer_padding,
               "train_size": len(train), "test_size": len(test)}
     return {"warm_samples_per_s": warm, "epoch_wall_s": wall / args.peer_epochs,
             "test_accuracy": accuracy, "predict_reviews_per_s": len(test) / predict_s,
@@ -144,8 +179,14 @@ def run_peer(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
 
 
 def _peer_trainer(net: Any, train_set: Any, clock: _Clock, args: argparse.Namespace,
-                  output_dir: str) -> Any:
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+                  output_dir: str, tokenizer: Any, bf16: bool) -> Any:
+    from transformers import (
+        DataCollatorWithPadding,
+        PrinterCallback,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     class Steps(TrainerCallback):
         def on_step_end(self, targs: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -154,22 +195,23 @@ def _peer_trainer(net: Any, train_set: Any, clock: _Clock, args: argparse.Namesp
     training_args = TrainingArguments(
         output_dir=output_dir, num_train_epochs=args.peer_epochs, seed=args.seed, report_to=[],
         save_strategy="no", logging_strategy="no", disable_tqdm=not args.progress,
-        use_cpu=not args.device.startswith("cuda"),
+        use_cpu=not args.device.startswith("cuda"), bf16=bf16,
     )
-    trainer = Trainer(model=net, args=training_args, train_dataset=train_set, callbacks=[Steps()])
+    trainer = Trainer(model=net, args=training_args, train_dataset=train_set, callbacks=[Steps()],
+                      data_collator=DataCollatorWithPadding(tokenizer))
     trainer.remove_callback(PrinterCallback)  # it prints the run's log dict to stdout
     return trainer
 
 
 class _Padded:
-    """Reviews tokenised and padded to max_length once, as a plain script does."""
+    """Reviews tokenised once, as a plain script does: padded to max_length, or not at all
+    (the collator pads each batch)."""
 
-    def __init__(self, tokenizer: Any, texts: Sequence[str], labels: Any, max_length: int) -> None:
-        import torch
-
-        self.enc = tokenizer(list(texts), padding="max_length", truncation=True,
-                             max_length=max_length, return_tensors="pt")
-        self.labels = torch.tensor(np.asarray(labels), dtype=torch.long)
+    def __init__(self, tokenizer: Any, texts: Sequence[str], labels: Any, max_length: int,
+                 pad: bool) -> None:
+        self.enc = tokenizer(list(texts), padding="max_length" if pad else False,
+                             truncation=True, max_length=max_length)
+        self.labels = [int(y) for y in labels]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -183,6 +225,7 @@ def run_ours(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
     from transformers import set_seed
 
     from bench import timed
+    from trainer.transformer.fast import native_bf16
     from trainer.transformer.loop import predict_fast, train_fast
     from trainer.transformer.model import load_classifier
 
@@ -207,7 +250,7 @@ def run_ours(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
     accuracy = float(np.mean((probs >= 0.5) == (np.asarray(test.labels) == 1)))
     config = {"epochs": args.epochs, **params, "max_length": args.max_length,
               "compile": args.compile, "precision": "bf16 autocast" if
-              args.device.startswith("cuda") else "fp32", "padding": "length buckets of 64",
+              args.device.startswith("cuda") or native_bf16() else "fp32", "padding": "length buckets of 64",
               "train_size": len(train), "test_size": len(test)}
     return {"warm_samples_per_s": warm, "epoch_wall_s": wall / args.epochs,
             "test_accuracy": accuracy, "predict_reviews_per_s": len(test) / predict_s,

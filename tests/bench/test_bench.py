@@ -81,6 +81,23 @@ def test_bench_train_reuses_a_saved_peer_and_names_unequal_epochs(
     assert out[0]["peer"] == pytest.approx(peer["warm_samples_per_s"], rel=1e-4)
 
 
+def test_bench_train_compares_with_the_peer_in_fp32_and_in_bf16(
+        tiny_model_dir: str, reviews: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = _bench_in_process(capsys, "train", "--model", tiny_model_dir, "--data", str(reviews),
+                            "--max-length", "32", "--device", "cpu", "--results-dir",
+                            str(tmp_path), "--train-size", "16", "--peer-bf16")
+    by_name = {f["name"]: f for f in out}
+    fp32, bf16 = by_name["train_samples_per_s"], by_name["train_samples_per_s_vs_peer_bf16"]
+    assert fp32["config"]["peer"]["precision"] == "fp32"
+    assert bf16["config"]["peer"]["precision"] == "bf16"
+    assert fp32["config"]["peer"]["padding"] == "dynamic"  # as a user writes the script
+    assert fp32["ours"] == bf16["ours"] and fp32["peer"] != bf16["peer"]
+    accuracy = by_name["test_accuracy"]
+    for side in ("ours", "peer"):
+        low, high = accuracy["ci95"][side]
+        assert low <= accuracy[side] <= high
+
+
 def test_bench_infer_compares_eager_and_fast_scoring(
         tiny_model_dir: str, reviews: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = _bench_in_process(capsys, "infer", "--model", tiny_model_dir, "--data", str(reviews),
