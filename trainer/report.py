@@ -227,9 +227,11 @@ def shortfall_sentence(tuned: Run, baseline_accuracy: float, tuned_accuracy: flo
     if tuned_accuracy >= baseline_accuracy:
         return None
     c = tuned.spec.config
-    train, tokens, device = c.get("train_size"), c.get("max_length"), c.get("device")
+    tokens, device = c.get("max_length"), c.get("device")
+    subset = c.get("train_size") is not None or c.get("final_train_size") is not None
+    option = "--final-train-size" if "final_train_size" in c else "--train-size"
     fixes = [f for f, needed in (
-        ("train on more reviews with --train-size", train is not None),
+        (f"train on more reviews with {option}", subset),
         ("keep more tokens with --max-length", tokens is None or tokens < MAX_TOKENS),
         ("train on a GPU", device is None or not str(device).startswith("cuda"))) if needed]
     fixes = fixes or ["tune longer with --trials"]
@@ -241,17 +243,24 @@ def shortfall_sentence(tuned: Run, baseline_accuracy: float, tuned_accuracy: flo
 
 
 def training_of(config: dict[str, Any]) -> str:
-    """How a fine-tuned model was trained, from its run's stored config, e.g. "200 training
-    reviews cut to 128 tokens for 2 epochs on cpu"; what the config lacks is said to be so."""
-    train, tokens = config.get("train_size"), config.get("max_length")
+    """How a fine-tuned model was trained, from its run's stored config, e.g. "2,000 training
+    reviews cut to 128 tokens for 1 epoch on the CPU"; what the config lacks is said to be so.
+
+    Args:
+        config: trained_on (the reviews the model learned from; older runs: train_size, None
+            for the whole train split), max_length, best_params' num_train_epochs, device.
+    """
+    train = config.get("trained_on", config.get("train_size"))
+    tokens, device = config.get("max_length"), config.get("device")
     epochs = (config.get("best_params") or {}).get("num_train_epochs")
-    device = config.get("device")
     return "".join([
         "the whole train split" if train is None else f"{train:,} training reviews",
         " (tokens kept not recorded)" if tokens is None else f" cut to {tokens} tokens",
         " for an unrecorded number of epochs" if epochs is None else
         f" for {epochs} epoch{'' if epochs == 1 else 's'}",
-        " on a device the run did not record" if device is None else f" on {device}"])
+        " on a device the run did not record" if device is None else
+        f" on a GPU ({device})" if str(device).startswith("cuda") else
+        f" on the {str(device).upper()}"])
 
 
 # --- the audit: deduplicated test figures and the audit section ---------------------------------

@@ -79,8 +79,14 @@ def test_shortfall_says_why_from_the_stored_config_and_what_to_change() -> None:
     gpu = run(3, "finetuned", config={"train_size": None, "max_length": 512, "device": "cuda:0",
                                       "best_params": {"num_train_epochs": 1}})
     sentence = shortfall_sentence(gpu, 0.9, 0.89, 25000)
-    assert "the whole train split cut to 512 tokens for 1 epoch on cuda:0" in sentence
+    assert "the whole train split cut to 512 tokens for 1 epoch on a GPU (cuda:0)" in sentence
     assert sentence.endswith("to close the gap, tune longer with --trials.")
+    multi = run(3, "finetuned", config={"train_size": 400, "final_train_size": 2000,
+                                        "trained_on": 2000, "max_length": 256, "device": "cpu"})
+    sentence = shortfall_sentence(multi, 0.88, 0.86, 1000)
+    assert "fine-tuned on 2,000 training reviews cut to 256 tokens for an unrecorded number " \
+           "of epochs on the CPU" in sentence
+    assert "train on more reviews with --final-train-size, keep more tokens" in sentence
     assert shortfall_sentence(cpu, 0.8, 0.8, 200) is None
 
 
