@@ -1,4 +1,4 @@
-"""The pure views of the overview, evaluation and live pages, on hand-made records."""
+"""The pure views of the overview and evaluation pages, on hand-made records."""
 from __future__ import annotations
 
 import math
@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboard import live_views, views
+from dashboard import views
 from storage.records import ClassMetrics, Curve, Evaluation, Run, RunSpec, Stage
 from storage.store import open_store
 from trainer import predict
-from trainer.explanation import Contribution
 from trainer.report import mcnemar_against
 
 
@@ -202,20 +201,6 @@ def test_escape_markdown_leaves_no_markup_and_collapses_whitespace() -> None:
     assert "\n" not in escaped and "\\$a\\$" in escaped
 
 
-def test_highlight_markdown_wraps_spans_in_escaped_colour_directives() -> None:
-    text = "A <b>great</b> film, dull ending"
-    spans = [Contribution("great", 5, 10, 0.8), Contribution("dull", 21, 25, -0.3)]
-    marked = live_views.highlight_markdown(text, spans)
-    assert ":green-background[great]" in marked and ":red-background[dull]" in marked
-    assert marked.startswith("A \\<b\\>:green-background[great]\\<\\/b\\>")
-
-
-def test_highlight_markdown_skips_overlapping_and_zero_spans() -> None:
-    spans = [Contribution("ab", 0, 2, 1.0), Contribution("b", 1, 2, -1.0),
-             Contribution("c", 3, 4, 0.0)]
-    assert live_views.highlight_markdown("ab c", spans) == ":green-background[ab] c"
-
-
 def test_dashboard_and_cli_name_a_run_the_same_way(tmp_path) -> None:
     with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
         run_id = store.save_run(RunSpec("finetuned", "/m/minilm", "test", "d", study="imdb",
@@ -226,27 +211,6 @@ def test_dashboard_and_cli_name_a_run_the_same_way(tmp_path) -> None:
     assert frame["name"].iloc[0] == choice.label == run.label
     assert list(views.overview_table(frame).columns) == [choice.label]
     assert set(views.curves_frame([run], "roc")["model"]) == {choice.label}
-
-
-def test_contributions_frame_orders_by_strength() -> None:
-    frame = live_views.contributions_frame([Contribution("a", 0, 1, 0.1),
-                                            Contribution("b", 2, 3, -0.5)])
-    assert frame["token"].tolist() == ["b", "a"]
-    assert frame["towards"].tolist() == ["negative", "positive"]
-
-
-def test_batch_frame_reports_label_score_and_row_errors() -> None:
-    _cleaned, errors = live_views.validated(["good", "   ", "bad"])
-    assert errors[0] is None and "empty" in errors[1]
-    frame = live_views.batch_frame(["good", "   ", "bad"], [0.8, math.nan, 0.3], errors, "m")
-    assert frame["label"].tolist() == ["positive", "", "negative"]
-    assert frame["score"].iloc[0] == 0.8 and frame["score"].iloc[2] == pytest.approx(0.7)
-    assert frame["error"].iloc[1] != "" and frame["model"].unique().tolist() == ["m"]
-
-
-def test_verdict_gives_the_probability_of_the_chosen_label() -> None:
-    assert live_views.verdict("m", 0.25) == live_views.Verdict("m", "negative", 0.75, 0.25)
-    assert live_views.verdict("m", 0.5).label == "positive"
 
 
 def test_metric_cells_show_dash_for_missing_values() -> None:
