@@ -19,10 +19,16 @@ from trainer.errors import DataError, TrainerError
 MAX_REVIEW_CHARS = 20_000
 REF_HELP = ", ".join(f"{s.ref}:N" if s is Stage.TRIAL else s.ref for s in Stage) + " or run:ID"
 REVIEW_COLUMNS = ("text", "review")  # header names of the review column, in this preference
+UNTRAINED_HEAD = "untrained (chance-level)"  # the `head` of a prediction whose head is random
 
 
 class Predictor(Protocol):
+    """A loaded model: untrained_head is True when its head is random (chance-level scores);
+    notes say what a user should know before reading its scores."""
+
     name: str
+    untrained_head: bool
+    notes: tuple[str, ...]
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -264,6 +270,9 @@ def resolve_ref(store, ref: str, study: str | None = None) -> Run:
 
 
 class _BaselinePredictor:
+    untrained_head = False
+    notes: tuple[str, ...] = ()
+
     def __init__(self, run: Run) -> None:
         from trainer.baseline.io import load_baseline
 
@@ -278,17 +287,22 @@ class _BaselinePredictor:
 
 
 class _TransformerPredictor:
-    def __init__(self, run: Run, max_length: int, fast: bool = False) -> None:
+    def __init__(self, run: Run, max_length: int, fast: bool = False,
+                 seed: int | None = None) -> None:
         from trainer.transformer import model as transformer
 
         self.name = run.label
         self._max_length = max_length
-        self._clf = transformer.load_classifier(run.spec.artifact)
+        # The seed the run was scored with, so a new head is the one its stored scores came from.
+        seed = run.spec.config.get("seed", transformer.DEFAULT_SEED) if seed is None else seed
+        self._clf = transformer.load_classifier(run.spec.artifact, seed=int(seed))
+        self.untrained_head = self._clf.new_head
+        self.notes = (*self._clf.notes, *_head_notes(self._clf.new_head, self.name, seed))
         self._fast = None
         if fast and self._clf.device == "cpu":
-            from trainer.transformer.fast import FastClassifier
+            from trainer.transformer.fast import WorkSizedScorer
 
-            self._fast = FastClassifier.from_classifier(self._clf, max_length=max_length)
+            self._fast = WorkSizedScorer(self._clf, max_length=max_length)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         from trainer.transformer.model import predict_proba
@@ -303,12 +317,31 @@ class _TransformerPredictor:
         return explain(self._clf, text, max_length=self._max_length, top_k=top_k)
 
 
+def _head_notes(new_head: bool, name: str, seed: int) -> tuple[str, ...]:
+    if not new_head:
+        return ()
+    return (f"{name} has an untrained classification head (the checkpoint has none; drawn with "
+            f"seed {seed}), so its scores are chance-level; fine-tune it with "
+            "`python -m trainer tune`",)
+
+
 def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None = None,
-                   fast: bool = False):
+                   fast: bool = False, seed: int | None = None) -> Predictor:
     """Load the model a reference names, ready to classify.
 
-    fast: on a CPU, score transformer models with trainer.transformer.fast.FastClassifier (bf16 or
-    int8; probabilities within about 1e-2 of fp32); explanations stay fp32.
+    Args:
+        store: the open store.
+        ref: a model reference (REF_HELP).
+        max_length: tokens kept per review by a transformer model.
+        study: the study for `final` and `trial:N`.
+        fast: on a CPU, score transformer models with trainer.transformer.fast.WorkSizedScorer:
+            eager for little work, a FastClassifier (bf16 or int8; probabilities within about
+            1e-2 of fp32) once a call brings enough tokens to earn its preparation back;
+            explanations stay fp32.
+        seed: seeds a checkpoint's new head; None: the seed the run was scored with.
+
+    Returns:
+        The predictor; its untrained_head and notes say what to tell the user.
 
     Raises:
         TrainerError: unknown reference, or the model's files are gone or unreadable.
@@ -319,9 +352,29 @@ def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None 
         raise TrainerError(f"cannot load {ref}: {reason}; train it again")
     if run.spec.stage == Stage.BASELINE:
         return _BaselinePredictor(run)
-    return _TransformerPredictor(run, max_length, fast)
+    return _TransformerPredictor(run, max_length, fast, seed)
 
 
 def label_of(prob: float, threshold: float = 0.5) -> tuple[str, float]:
     """The predicted label and the probability of that label."""
     return ("positive", prob) if prob >= threshold else ("negative", 1.0 - prob)
+
+
+def prediction_record(prob_positive: float, predictor: Predictor) -> dict[str, object]:
+    """One review's prediction as `predict` prints it (a JSON line).
+
+    Args:
+        prob_positive: the model's probability of the positive class.
+        predictor: the model that gave it.
+
+    Returns:
+        label; score, the probability of that label (kept for compatibility); prob_positive;
+        model; and head = UNTRAINED_HEAD when the model's head is untrained.
+    """
+    label, score = label_of(prob_positive)
+    record: dict[str, object] = {"label": label, "score": round(score, 6),
+                                 "prob_positive": round(prob_positive, 6),
+                                 "model": predictor.name}
+    if predictor.untrained_head:
+        record["head"] = UNTRAINED_HEAD
+    return record

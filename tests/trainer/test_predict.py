@@ -203,3 +203,84 @@ def test_model_choice_and_stored_run_carry_the_same_label(store: Store) -> None:
     (choice,) = predict.model_choices(store)
     assert choice.label == store.get_run(run_id).label == "fine-tuned model: minilm, study imdb " \
         f"(run {run_id})"
+
+
+# ---------------------------------------------------------------- transformer predictors
+
+
+@pytest.fixture(scope="module")
+def headless_dir(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny BERT encoder saved without a classification head."""
+    import transformers
+
+    directory = tmp_path_factory.mktemp("headless")
+    config = transformers.AutoConfig.from_pretrained(tiny_model_dir)
+    transformers.BertModel(config).save_pretrained(directory)
+    transformers.AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(directory)
+    return str(directory)
+
+
+def test_a_headless_pretrained_model_scores_alike_on_every_load_and_says_it_is_untrained(
+        store: Store, headless_dir: str) -> None:
+    save(store, "pretrained", artifact=headless_dir, config={"seed": 3})
+    loads = [predict.load_predictor(store, "pretrained", max_length=32) for _ in range(2)]
+    scores = [p.predict_proba(["A wonderful film.", "Dull."]) for p in loads]
+    assert scores[0].tolist() == scores[1].tolist()
+    assert loads[0].untrained_head
+    (note,) = loads[0].notes
+    assert "untrained classification head" in note and "seed 3" in note
+    record = predict.prediction_record(float(scores[0][0]), loads[0])
+    assert record["head"] == predict.UNTRAINED_HEAD == "untrained (chance-level)"
+
+
+def test_the_stored_runs_seed_draws_the_head_unless_one_is_given(store: Store,
+                                                                 headless_dir: str) -> None:
+    save(store, "pretrained", artifact=headless_dir, config={"seed": 3})
+    review = ["A wonderful film."]
+    stored = predict.load_predictor(store, "pretrained", max_length=32).predict_proba(review)
+    same = predict.load_predictor(store, "pretrained", max_length=32, seed=3)
+    other = predict.load_predictor(store, "pretrained", max_length=32, seed=4)
+    assert same.predict_proba(review)[0] == stored[0] != other.predict_proba(review)[0]
+
+
+def test_a_trained_model_has_no_head_field_and_no_notes(store: Store, tiny_model_dir: str) -> None:
+    save(store, "finetuned", artifact=tiny_model_dir, study="s")
+    predictor = predict.load_predictor(store, "final", max_length=32)
+    assert not predictor.untrained_head and predictor.notes == ()
+    assert "head" not in predict.prediction_record(0.25, predictor)
+
+
+class _Named:
+    name = "m (run 1)"
+    untrained_head = False
+    notes: tuple[str, ...] = ()
+
+
+@pytest.mark.parametrize(("prob", "label", "score"), [(0.8, "positive", 0.8),
+                                                      (0.25, "negative", 0.75),
+                                                      (0.5, "positive", 0.5)])
+def test_a_prediction_gives_the_positive_probability_beside_its_labels(
+        prob: float, label: str, score: float) -> None:
+    record = predict.prediction_record(prob, _Named())
+    assert record == {"label": label, "score": score, "prob_positive": prob,
+                      "model": "m (run 1)"}
+
+
+def test_predict_prints_prob_positive_and_notes_an_untrained_head_once(
+        tmp_path, headless_dir: str, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from trainer.cli import main
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    with open_store(url) as opened:
+        save(opened, "pretrained", artifact=headless_dir, config={"seed": 3})
+    assert main(["predict", "Great.", "Awful.", "--model-ref", "pretrained", "--db", url,
+                 "--max-length", "32"]) == 0
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 2 and err.count("untrained classification head") == 1
+    for line in lines:
+        assert line["head"] == "untrained (chance-level)"
+        positive = line["score"] if line["label"] == "positive" else 1 - line["score"]
+        assert line["prob_positive"] == pytest.approx(positive, abs=2e-6)

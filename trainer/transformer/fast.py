@@ -21,7 +21,7 @@ from trainer.transformer.fused_layers import (
     pack_weights,
     padding_mask,
 )
-from trainer.transformer.model import token_limit, uses_sdpa
+from trainer.transformer.model import predict_proba, token_limit, uses_sdpa
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,11 @@ METHODS = ("auto", "int8", "bf16", "fp32")
 # bench/results/README.md.
 NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
 VNNI = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+# Preparing (fusing, int8 or bf16, tracing) takes seconds that only enough tokens earn back;
+# below this many, eager fp32 finishes first. Measured in one-shot `predict` calls on 2 cores:
+# bench/results/README.md.
+FAST_MIN_TOKENS = 40_000
+COUNT_CHUNK = 256  # reviews tokenised at a time while counting: stops soon after the threshold
 
 
 @functools.cache
@@ -43,6 +48,11 @@ def _cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 pays off."""
+    return bool(_cpu_flags() & NATIVE_BF16)
 
 
 def _int8_available() -> bool:
@@ -167,6 +177,57 @@ class FastClassifier:
         return {"input_ids": ids, "attention_mask": padding_mask(keep, self.sdpa)}
 
 
+def worth_preparing(tokenizer: Any, texts: Sequence[str], max_length: int,
+                    min_tokens: int = FAST_MIN_TOKENS) -> bool:
+    """Whether scoring texts is enough work to earn back a FastClassifier's preparation.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        texts: the reviews to score.
+        max_length: tokens kept per review.
+        min_tokens: the fewest tokens (truncated, special tokens included) worth preparing for.
+
+    Returns:
+        True once the reviews hold at least min_tokens tokens; counting stops there.
+    """
+    total = 0
+    for start in range(0, len(texts), COUNT_CHUNK):
+        chunk = [str(t) for t in texts[start:start + COUNT_CHUNK]]
+        ids = tokenizer(chunk, truncation=True, max_length=max_length,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        total += sum(len(row) for row in ids)
+        if total >= min_tokens:
+            return True
+    return False
+
+
+class WorkSizedScorer:
+    """Scores eagerly until one call brings enough work to prepare a FastClassifier, then fast.
+
+    Once prepared, the fast copy scores every later call: its cost is already paid.
+    """
+
+    def __init__(self, clf: Any, *, max_length: int, min_tokens: int = FAST_MIN_TOKENS,
+                 method: str = "auto") -> None:
+        self.clf, self.max_length = clf, max_length
+        self.min_tokens, self.method = min_tokens, method
+        self.fast: FastClassifier | None = None
+        self.lock = threading.Lock()
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Positive-class probabilities in the order of texts, by the path the work calls for."""
+        texts = [str(t) for t in texts]
+        with self.lock:
+            if self.fast is None and worth_preparing(self.clf.tokenizer, texts,
+                                                     token_limit(self.clf, self.max_length),
+                                                     self.min_tokens):
+                self.fast = FastClassifier.from_classifier(self.clf, max_length=self.max_length,
+                                                           method=self.method)
+        if self.fast is not None:
+            return self.fast.predict_proba(texts)
+        return predict_proba(self.clf, texts, max_length=self.max_length)
+
+
 def _choose(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"unknown inference method {method!r}; expected one of {METHODS}")
@@ -175,7 +236,7 @@ def _choose(method: str) -> str:
                          "this torch build lacks; use method='fp32'")
     if method != "auto":
         return method
-    if _cpu_flags() & NATIVE_BF16:
+    if native_bf16():
         return "bf16"
     return "int8" if _int8_available() else "fp32"
 

@@ -21,6 +21,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from trainer import hub
 from trainer.errors import ModelError
 
 # Our own bars show prediction and training progress; the per-load weight/shard bars are noise.
@@ -42,6 +43,9 @@ def _minilm_path() -> str:
 OFFLINE_MODELS: dict[str, Callable[[], str]] = {"minilm-offline": _minilm_path}
 POSITIVE_NAMES = frozenset({"positive", "pos", "label_1", "1"})
 NEGATIVE_NAMES = frozenset({"negative", "neg", "label_0", "0"})
+GENERIC_NAMES = frozenset({"label_0", "label_1", "0", "1"})  # say nothing about sentiment
+DEFAULT_SEED = 42  # Config.seed's default: a bare load and the pretrained stage draw one head
+REVERSED_MIN_REVIEWS = 200  # fewer reviews: a ROC AUC below 0.5 may be chance, not reversal
 PICKLE_SUFFIXES = frozenset({".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt"})
 HUB_HELP = (
     "pass `--model DIR` with a local model directory, or `--model minilm-offline` for the "
@@ -59,6 +63,7 @@ class Classifier:
     new_head: bool
     name: str
     device: str
+    notes: tuple[str, ...] = ()  # assumptions made while loading, e.g. about generic labels
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -75,7 +80,11 @@ def resolve_model(name: str) -> str:
         ModelError: the package behind an offline name is not installed.
     """
     key = name.strip().lower()
-    return OFFLINE_MODELS[key]() if key in OFFLINE_MODELS else name
+    if key in OFFLINE_MODELS:
+        return OFFLINE_MODELS[key]()
+    if hub.is_hub_id(name):
+        hub.decide(name)  # an unreachable hub: offline (the cache only) at once, no retries
+    return name
 
 
 def default_device() -> str:
@@ -115,15 +124,19 @@ def label_index(id2label: dict) -> int:
     return positive[0]
 
 
-def load_classifier(name_or_dir: str, *, device: str | None = None) -> Classifier:
+def load_classifier(name_or_dir: str, *, device: str | None = None,
+                    seed: int = DEFAULT_SEED) -> Classifier:
     """Load a sequence classifier and its tokenizer (safetensors only, never remote code).
 
     Args:
         name_or_dir: a hub id, a local directory, or an OFFLINE_MODELS name.
         device: where to run it; default_device() when None.
+        seed: seeds a new head's initialisation only (the global RNG is left as it was), so a
+            checkpoint without a head scores a review the same on every load.
 
     Returns:
-        The classifier in eval mode; new_head is True when its head was newly initialised.
+        The classifier in eval mode; new_head is True when its head was newly initialised;
+        notes holds the assumption made for generic LABEL_0/LABEL_1 names.
 
     Raises:
         ModelError: offline/unreachable hub, missing or pickle-only files, unusable labels.
@@ -133,15 +146,68 @@ def load_classifier(name_or_dir: str, *, device: str | None = None) -> Classifie
     config = _load_config(path)
     if config.num_labels != 2:
         label_index(config.id2label)  # raises, naming the labels found
-    model, new_head = _load_model(path, config)
+    with torch.random.fork_rng(devices=[]):  # weights load on the CPU; CUDA RNGs untouched
+        torch.manual_seed(seed)
+        model, new_head = _load_model(path, config)
     tokenizer = _load_tokenizer(path)
     positive = 1 if new_head else label_index(model.config.id2label)
+    notes = () if new_head else generic_label_notes(model.config.id2label, name_or_dir)
     if new_head:
         model.config.id2label = {0: "NEGATIVE", 1: "POSITIVE"}
         model.config.label2id = {"NEGATIVE": 0, "POSITIVE": 1}
     device = device or default_device()
     model.to(device).eval()
-    return Classifier(model, tokenizer, positive, new_head, name_or_dir, device)
+    return Classifier(model, tokenizer, positive, new_head, name_or_dir, device, notes)
+
+
+def generic_label_notes(id2label: dict, name: str) -> tuple[str, ...]:
+    """The assumption made when a model's label names say nothing about sentiment.
+
+    Args:
+        id2label: the model config's index -> label name.
+        name: the model, as messages should call it.
+
+    Returns:
+        One note when both names are generic (LABEL_0/LABEL_1 or 0/1), else none.
+    """
+    names = {int(k): str(v) for k, v in id2label.items()}
+    if not all(n.strip().lower() in GENERIC_NAMES for n in names.values()):
+        return ()
+    positive = names[label_index(id2label)]
+    return (f"the labels of {name} are the generic {names[0]}/{names[1]}; assumed {positive} = "
+            "positive, as in the usual convention (if its pretrained ROC AUC is below 0.5, the "
+            "labels are the other way round)",)
+
+
+def label_warnings(clf: Classifier, probs: Sequence[float],
+                   labels: Sequence[int]) -> tuple[str, ...]:
+    """What a scored test set says about how a classifier's labels were read.
+
+    Args:
+        clf: the classifier that gave probs.
+        probs: its positive-class probabilities.
+        labels: the true labels (0 negative, 1 positive).
+
+    Returns:
+        clf.notes, plus a warning when the ROC AUC on at least REVERSED_MIN_REVIEWS reviews is
+        below 0.5 (the labels look reversed); nothing for a new head, which is chance anyway.
+    """
+    from trainer.metrics import roc_auc
+
+    if clf.new_head:
+        return ()
+    if len(labels) < REVERSED_MIN_REVIEWS or len(set(labels)) < 2:
+        return clf.notes
+    auc = roc_auc(labels, probs)
+    if auc >= 0.5:
+        return clf.notes
+    index = clf.positive_index
+    found = clf.model.config.id2label
+    return (*clf.notes,
+            f"the labels of {clf.name} look reversed: ROC AUC {auc:.3f} < 0.5 on {len(labels):,} "
+            f"reviews, reading index {index} ({found[index]}) as positive; if index {1 - index} "
+            f"is the positive class, save the model with id2label {{{index}: 'NEGATIVE', "
+            f"{1 - index}: 'POSITIVE'}}")
 
 
 def check_location(path: str) -> None:

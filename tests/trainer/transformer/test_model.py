@@ -148,6 +148,81 @@ def test_encoder_without_head_loads_with_new_head(tmp_path: Path, tiny_model_dir
     assert bare.model.config.id2label == {0: "NEGATIVE", 1: "POSITIVE"}
 
 
+@pytest.fixture(scope="module")
+def headless_dir(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny BERT encoder saved without a classification head."""
+    directory = tmp_path_factory.mktemp("headless")
+    config = transformers.AutoConfig.from_pretrained(tiny_model_dir)
+    transformers.BertModel(config).save_pretrained(directory)
+    transformers.AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(directory)
+    return str(directory)
+
+
+def test_a_headless_checkpoint_scores_a_review_the_same_on_every_load(headless_dir: str) -> None:
+    scores = [transformer.predict_proba(transformer.load_classifier(headless_dir, device="cpu"),
+                                        REVIEWS, max_length=32) for _ in range(2)]
+    np.testing.assert_array_equal(scores[0], scores[1])
+
+
+def test_the_seed_draws_the_new_head_and_leaves_the_global_rng_alone(headless_dir: str) -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    heads = [transformer.load_classifier(headless_dir, device="cpu", seed=seed).model.classifier
+             for seed in (1, 1, 2)]
+    assert torch.equal(torch.rand(3), expected)  # loading drew nothing from the global RNG
+    assert torch.equal(heads[0].weight, heads[1].weight)
+    assert not torch.equal(heads[0].weight, heads[2].weight)
+
+
+def test_generic_label_names_are_read_with_a_stated_assumption(tiny_model_dir_factory,
+                                                              clf: transformer.Classifier) -> None:
+    generic = transformer.load_classifier(
+        tiny_model_dir_factory("generic", id2label={0: "LABEL_0", 1: "LABEL_1"}), device="cpu")
+    (note,) = generic.notes
+    assert generic.positive_index == 1
+    assert "assumed LABEL_1 = positive" in note and "ROC AUC is below 0.5" in note
+    assert clf.notes == ()  # NEGATIVE/POSITIVE names need no assumption
+
+
+@pytest.fixture(scope="module")
+def generic_scored(tiny_model_dir_factory) -> tuple[transformer.Classifier, np.ndarray]:
+    """A LABEL_0/LABEL_1 tiny model and its scores of 240 reviews."""
+    texts = [f"{REVIEWS[i % len(REVIEWS)]} take {i}" for i in range(240)]
+    path = tiny_model_dir_factory("generic-scored", id2label={0: "LABEL_0", 1: "LABEL_1"})
+    generic = transformer.load_classifier(path, device="cpu")
+    return generic, transformer.predict_proba(generic, texts, max_length=32)
+
+
+def test_labels_that_look_reversed_are_warned_about(
+        generic_scored: tuple[transformer.Classifier, np.ndarray]) -> None:
+    generic, probs = generic_scored
+    # The truth for which this model's index 0 is the positive class: its LABEL_1 scores rank
+    # the reviews backwards.
+    truth = (probs < np.median(probs)).astype(int)
+    note, warning = transformer.label_warnings(generic, probs, truth)
+    assert note == generic.notes[0]
+    assert "look reversed: ROC AUC 0.000 < 0.5 on 240 reviews" in warning
+    assert "index 1 (LABEL_1) as positive" in warning
+
+
+def test_labels_are_not_called_reversed_when_ranked_right_or_on_few_reviews(
+        generic_scored: tuple[transformer.Classifier, np.ndarray]) -> None:
+    generic, probs = generic_scored
+    right = (probs >= np.median(probs)).astype(int)
+    backwards = 1 - right
+    assert transformer.label_warnings(generic, probs, right) == generic.notes
+    few = transformer.REVERSED_MIN_REVIEWS - 1
+    assert transformer.label_warnings(generic, probs[:few], backwards[:few]) == generic.notes
+
+
+def test_a_new_head_gets_no_label_warnings(headless_dir: str) -> None:
+    bare = transformer.load_classifier(headless_dir, device="cpu")
+    labels = np.arange(300) % 2
+    assert bare.notes == ()
+    assert transformer.label_warnings(bare, 1.0 - labels, labels) == ()
+
+
 def test_minilm_offline_has_no_sentiment_head() -> None:
     minilm = transformer.load_classifier("minilm-offline", device="cpu")
     assert minilm.new_head and minilm.name == "minilm-offline"
