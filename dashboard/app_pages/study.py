@@ -1,45 +1,120 @@
 """Study explorer: trials, history, importance, hyperparameters, time, each trial's diagnostics."""
 from __future__ import annotations
 
+import datetime as dt
+
 import pandas as pd
 import streamlit as st
 
 from dashboard import charts, resources, views, widgets
+from dashboard import study_charts as sc
 from dashboard import study_views as sv
 
 REFRESH_S = 10
+SCOPE_KEY = "study_scope"  # the database and study the filters below were set for
+TRIAL_PARAM = "trial"  # ?trial=N opens that trial's diagnostics
+# Widgets whose choices belong to one study of one database: reset when either changes.
+SCOPED_KEYS = ("study_states", "study_sort", "study_descending", "study_table", "study_trial",
+               "study_parallel", "study_contour_x", "study_contour_y")
 
 st.title("Study explorer")
 url = widgets.database_url()
 
 
+def reset_on_change(url: str, name: str) -> None:
+    """Forget filters, selections and the linked trial when the database or study changes."""
+    state, scope = st.session_state, f"{url}\n{name}"
+    if state.get(SCOPE_KEY) == scope:
+        return
+    if SCOPE_KEY in state:  # not on the first visit: its ?trial=N is the link followed
+        st.query_params.pop(TRIAL_PARAM, None)
+    for key in SCOPED_KEYS:
+        state.pop(key, None)
+    state[SCOPE_KEY] = scope
+
+
 def show_counts(table: pd.DataFrame, direction: str) -> None:
     counts = sv.state_counts(table)
-    best = sv.best_number(table, direction)
     cells = [("complete", counts["COMPLETE"]), ("pruned", counts["PRUNED"]),
              ("failed", counts["FAIL"]), ("running", counts["RUNNING"])]
     columns = st.columns(len(cells) + 1)
-    for column, (name, count) in zip(columns, cells):
+    for column, (name, count) in zip(columns, cells, strict=False):
         column.metric(f"{name} trials", f"{count:,}")
+    best = sv.best_number(table, direction)
     if best is not None:
         value = table.loc[table["number"] == best, "value"].iloc[0]
-        columns[-1].metric(f"best ({direction})", f"{value:.4f}", help=f"trial {best}")
+        columns[-1].metric(f"best ({direction})", f"{value:.4f}",
+                           help="validation accuracy of the best complete trial")
+        st.caption(sv.best_summary(table, direction))
 
 
 def show_trials(url: str, name: str, table: pd.DataFrame, direction: str) -> None:
     left, middle, right = st.columns([2, 1, 1])
-    states = left.multiselect("States", sv.STATES, default=[s for s in sv.STATES
-                                                             if s in set(table["state"])],
-                              key="study_states")
-    by = middle.selectbox("Sort by", list(table.columns), key="study_sort")
+    states = left.multiselect("States", sv.STATES, default=list(sv.STATES), key="study_states")
+    sortable = ["number", "value", "n", "duration_s", "epochs", "started",
+                *(c for c in table.columns if c.startswith(sv.PARAM_PREFIX))]
+    by = middle.selectbox("Sort by", sortable, key="study_sort", format_func=column_label)
     descending = right.toggle("Descending", key="study_descending")
     shown = sv.sort_trials(sv.filter_trials(table, states), by, descending)
-    event = st.dataframe(shown, hide_index=True, key="study_table", on_select="rerun",
-                         selection_mode="single-row")
+    event = show_table(shown, key="study_table", selectable=True)
     st.download_button("Download these trials as CSV", views.safe_csv(shown),
                        file_name="trials.csv", mime="text/csv", key="study_csv")
-    rows = event.selection.rows
+    rows = event.selection.rows if event is not None else []
     show_trial(url, name, table, direction, int(shown["number"].iloc[rows[0]]) if rows else None)
+
+
+def column_label(column: str) -> str:
+    if column.startswith(sv.PARAM_PREFIX):
+        return sv.param_label(column[len(sv.PARAM_PREFIX):])
+    return sv.COLUMN_LABELS.get(column, column)
+
+
+def show_table(table: pd.DataFrame, key: str, selectable: bool = False):
+    """The trials as shown: readable names, value with n and 95% interval, no column cut."""
+    config = {"value": st.column_config.NumberColumn(format="%.4f", width="small"),
+              "95% interval": st.column_config.TextColumn(width="medium"),
+              "duration (s)": st.column_config.NumberColumn(format="%.1f", width="small"),
+              "started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")}
+    shown = sv.display_table(table)
+    if not selectable:
+        st.dataframe(shown, hide_index=True, key=key, column_config=config, width="stretch")
+        return None
+    return st.dataframe(shown, hide_index=True, key=key, column_config=config, width="stretch",
+                        on_select="rerun", selection_mode="single-row")
+
+
+def linked_trial(options: list[int]) -> int | None:
+    """The trial named by ?trial=N, or None (with a warning when it names none of this study)."""
+    raw = st.query_params.get(TRIAL_PARAM)
+    if raw is None:
+        return None
+    try:
+        number = int(raw)
+    except ValueError:
+        number = None
+    if number not in options:
+        widgets.say("warning", f"The link asks for trial {raw}, which this study does not "
+                               "have; showing the best trial instead.")
+        return None
+    return number
+
+
+def choose_trial(table: pd.DataFrame, best: int | None) -> int | None:
+    """The trial to inspect: ?trial=N on arrival, else the best trial, else the user's pick."""
+    options = [int(n) for n in table["number"]]
+    state = st.session_state
+    if state.get("study_trial") not in options:
+        linked = linked_trial(options)
+        state["study_trial"] = linked if linked is not None else best
+    left, right = st.columns([3, 1])
+    number = left.selectbox("Trial to inspect (or select a row above)", options,
+                            key="study_trial", placeholder="choose a trial",
+                            format_func=lambda n: f"trial {n} (best)" if n == best
+                            else f"trial {n}")
+    if best is not None:
+        right.button(f"Show the best trial ({best})", key="study_best",
+                     on_click=lambda: state.update(study_trial=best))
+    return number
 
 
 def show_trial(url: str, name: str, table: pd.DataFrame, direction: str,
@@ -47,20 +122,28 @@ def show_trial(url: str, name: str, table: pd.DataFrame, direction: str,
     st.subheader("One trial's diagnostics")
     best = sv.best_number(table, direction)
     if picked is None:
-        number = st.selectbox("Select a row above, or pick a trial", table["number"].tolist(),
-                              index=None, key="study_trial",
-                              placeholder=f"best: trial {best}" if best is not None
-                              else "choose a trial")
+        number = choose_trial(table, best)
     else:
         number = picked
         st.caption(f"Trial {picked}, the selected row (clear the selection to pick another).")
     if number is None:
+        st.info("No trial has finished yet: pick one above to see what it stored.")
         return
+    st.query_params[TRIAL_PARAM] = str(number)  # so this view can be linked
+    show_trial_details(url, name, table, number)
+
+
+def show_trial_details(url: str, name: str, table: pd.DataFrame, number: int) -> None:
     row = table[table["number"] == number].iloc[0]
     reason = f" · {views.escape_markdown(row['fail_reason'])}" if row["fail_reason"] else ""
     value = "–" if pd.isna(row["value"]) else f"{row['value']:.4f}"
-    st.caption(f"state {row['state']} · value {value} · {row['epochs']} epochs{reason}")
-    run = resources.trial_runs(url, name).get(number)
+    evidence = "" if pd.isna(row["n"]) else \
+        f" on {int(row['n']):,} validation reviews (95% interval " \
+        f"{sv.interval_text(row['ci_low'], row['ci_high'])})"
+    st.caption(f"Trial {number}: state {row['state']} · value {value}{evidence} · "
+               f"{row['epochs']} epochs{reason} · link: ?{TRIAL_PARAM}={number}")
+    run_id = resources.trial_run_ids(url, name).get(number)
+    run = resources.stored_run(url, run_id) if run_id is not None else None
     if run is None:
         st.info(f"Trial {number} has no stored evaluation (it failed before its first epoch "
                 "ended, or it is still running its first epoch).")
@@ -78,16 +161,18 @@ def show_trial(url: str, name: str, table: pd.DataFrame, direction: str,
 
 
 def show_history(table: pd.DataFrame, trials: list, direction: str) -> None:
-    st.altair_chart(charts.history_chart(sv.history_frame(table, direction)),
+    st.altair_chart(sc.history_chart(sv.history_frame(table, direction), sv.pruned_frame(trials)),
                     key="study_history")
-    lines = sv.intermediate_frame(trials)
+    st.altair_chart(sc.edf_chart(sv.edf_frame(table)), key="study_edf")
+    lines = sv.intermediate_frame(trials, direction)
     if lines.empty:
         st.info("No trial reported per-epoch values yet.")
         return
-    st.altair_chart(charts.intermediate_chart(lines), key="study_intermediate")
+    st.altair_chart(sc.intermediate_chart(lines), key="study_intermediate")
     shown, reported = lines["number"].nunique(), sum(1 for t in trials if t.intermediate_values)
     if shown < reported:
-        st.caption(f"{shown} of {reported} trials drawn (evenly thinned to keep the chart light)")
+        st.caption(f"{shown} of {reported} trials drawn (the others evenly thinned to keep the "
+                   f"chart light; the {sv.HIGHLIGHTED} best are always drawn)")
 
 
 def show_importance(url: str, name: str, table: pd.DataFrame) -> None:
@@ -98,10 +183,11 @@ def show_importance(url: str, name: str, table: pd.DataFrame) -> None:
     metrics = sv.trial_metrics_frame(resources.trial_runs(url, name)) \
         if target != "objective" else pd.DataFrame()
     values = sv.target_values(table, metrics, target)
-    if len(values) < sv.MIN_TRIALS_FOR_IMPORTANCE:
-        st.warning(f"Only {len(values)} complete trials have this target; importance is not "
-                   f"trustworthy below {sv.MIN_TRIALS_FOR_IMPORTANCE}. Run more trials.")
-    if len(values) < 2 or not sv.param_names(table):
+    if len(values) < sv.MIN_TRIALS_FOR_IMPORTANCE or not sv.param_names(table):
+        st.info(f"Importance is not drawn: only {len(values)} complete trials have this target, "
+                f"and it needs at least {sv.MIN_TRIALS_FOR_IMPORTANCE}. With fewer, the model "
+                "fitted to rate the hyperparameters follows noise, so its ranking would look "
+                "confident and mean nothing. Run more trials.")
         return
     try:
         result = resources.importances(url, name, evaluator, target,
@@ -110,17 +196,50 @@ def show_importance(url: str, name: str, table: pd.DataFrame) -> None:
         widgets.say("warning", f"{evaluator} could not rate these trials ({e}); "
                                 "try another evaluator.")
         return
-    st.altair_chart(charts.importance_chart(sv.importance_frame(result), target),
+    st.altair_chart(sc.importance_chart(sv.importance_frame(result), target),
                     key="study_importance")
+    st.caption(f"Rated on {len(values)} complete trials.")
 
 
 def show_parameters(table: pd.DataFrame, trials: list) -> None:
     kinds = sv.param_kinds(trials)
-    st.altair_chart(charts.parallel_chart(sv.parallel_frame(table, kinds)),
-                    key="study_parallel")
-    slices = sv.slices_frame(table, kinds)
-    if not slices.empty:
-        st.altair_chart(charts.slices_chart(slices), key="study_slices")
+    frame = sv.parallel_frame(table, kinds)
+    if frame.empty:
+        st.info("This study tunes no hyperparameter.")
+        return
+    event = st.altair_chart(sc.parallel_chart(frame, sv.parallel_ticks(frame)),
+                            key="study_parallel", on_select="rerun")
+    selection = (event or {}).get("selection") or {}
+    show_brushed(table, frame, selection.get(sc.BRUSH))
+    show_contour(table, kinds)
+    st.altair_chart(sc.slices_chart(sv.slices_frame(table, kinds)), key="study_slices")
+
+
+def show_brushed(table: pd.DataFrame, frame: pd.DataFrame, brush: dict | None) -> None:
+    numbers = sv.brushed_numbers(frame, brush or {})
+    if numbers is None:
+        st.caption("Drag a box over one or more axes above to list the trials inside it.")
+        return
+    st.caption(f"{len(numbers)} of {frame['number'].nunique()} complete trials inside the "
+               "brushed range (drag elsewhere or double-click the chart to clear it):")
+    show_table(table[table["number"].isin(numbers)], key="study_brushed_table")
+
+
+def show_contour(table: pd.DataFrame, kinds: dict[str, str]) -> None:
+    names = sv.param_names(table)
+    if len(names) < 2:
+        return
+    left, right = st.columns(2)
+    x = left.selectbox("Contour: x axis", names, index=0, key="study_contour_x",
+                       format_func=sv.param_label)
+    y = right.selectbox("Contour: y axis", names, index=1, key="study_contour_y",
+                        format_func=sv.param_label)
+    if x == y:
+        st.info("Pick two different hyperparameters for the contour plot.")
+        return
+    frame = sv.contour_frame(table, kinds, x, y)
+    axes = [(sv.param_label(n), kinds.get(n, "linear")) for n in (x, y)]
+    st.altair_chart(sc.contour_chart(frame, *axes), key="study_contour")
 
 
 def show_time(table: pd.DataFrame) -> None:
@@ -130,12 +249,18 @@ def show_time(table: pd.DataFrame) -> None:
     right.metric("saved by pruning (estimate)", f"{savings.saved_s / 60:,.1f} min",
                  help=f"{savings.n_pruned} pruned trials × the epochs they did not run, "
                       "at the pace they had")
-    st.altair_chart(charts.duration_chart(sv.duration_frame(table)), key="study_durations")
+    now = dt.datetime.now()  # naive local time, as Optuna stamps a trial's start
+    st.altair_chart(sc.timeline_chart(sv.timeline_frame(table, now)), key="study_timeline")
+    st.caption("The worker (host, process) that ran each trial is not recorded in the study, "
+               "so trials are shown by number.")
+    st.altair_chart(sc.duration_chart(sv.duration_frame(table)), key="study_durations")
 
 
 def explore(url: str, name: str) -> None:
     direction, trials = resources.study_trials(url, name)
     table = sv.trials_table(trials)
+    finished = tuple(int(n) for n in table.loc[table["state"] != "RUNNING", "number"])
+    table = sv.with_intervals(table, resources.trial_intervals(url, name, finished))
     show_counts(table, direction)
     if (table["state"] == "RUNNING").any():
         st.caption(f"Trials are running: this page refreshes every {REFRESH_S} s.")
@@ -151,7 +276,7 @@ def explore(url: str, name: str) -> None:
     # Lazy tabs: only the open one runs, so each stays fast with 1,000 trials; the open tab
     # is in the URL (?study_tab=History), so a view can be linked.
     tabs = dict(zip(names, st.tabs(names, key="study_tab", on_change="rerun",
-                                   bind="query-params")))
+                                   bind="query-params"), strict=True))
     sections = {"Trials": lambda: show_trials(url, name, table, direction),
                 "History": lambda: show_history(table, trials, direction),
                 "Importance": lambda: show_importance(url, name, table),
@@ -170,6 +295,7 @@ def show(url: str) -> None:
                 "`python -m trainer run`), then reload this page.")
         return
     name = st.selectbox("Study", names, key="study_name")
+    reset_on_change(url, name)
     try:
         _, trials = resources.study_trials(url, name)
     except KeyError:  # deleted since the list was read

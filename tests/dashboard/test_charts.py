@@ -67,39 +67,7 @@ def test_histogram_chart_ships_bins_not_reviews() -> None:
     assert layer_marks(spec) == ["bar", "rule"]
 
 
-def test_history_chart_draws_points_and_a_step_line_of_the_best() -> None:
-    frame = pd.DataFrame({"number": [0, 1, 2], "value": [0.8, 0.7, 0.9], "state": "COMPLETE",
-                          "best": [0.8, 0.8, 0.9]})
-    spec = spec_of(charts.history_chart(frame))
-    assert layer_marks(spec) == ["circle", "line"]
-    assert spec["layer"][1]["mark"]["interpolate"] == "step-after"
-    assert spec["layer"][1]["encoding"]["y"]["field"] == "best"
-
-
-def test_intermediate_chart_draws_one_line_per_trial_coloured_by_state() -> None:
-    frame = pd.DataFrame({"number": [0, 0, 1], "step": [1, 2, 1], "value": [0.5, 0.6, 0.4],
-                          "state": ["COMPLETE", "COMPLETE", "PRUNED"]})
-    encoding = spec_of(charts.intermediate_chart(frame))["encoding"]
-    assert encoding["detail"]["field"] == "number" and encoding["color"]["field"] == "state"
-    assert "PRUNED" in encoding["color"]["scale"]["domain"]
-
-
-def test_importance_parallel_slice_duration_and_contribution_charts() -> None:
-    importance = spec_of(charts.importance_chart(
-        pd.DataFrame({"param": ["lr"], "importance": [1.0]}), "f1_negative"))
-    assert importance["encoding"]["x"]["title"] == "importance for f1_negative"
-    parallel = spec_of(charts.parallel_chart(pd.DataFrame(
-        {"number": [0, 0], "axis": ["a", "b"], "position": [0.0, 1.0], "label": ["1", "2"],
-         "value": [0.9, 0.9]})))
-    assert parallel["encoding"]["detail"]["field"] == "number"
-    slices = spec_of(charts.slices_chart(pd.DataFrame(
-        {"number": [0, 0], "param": ["lr (log10)", "b"], "x": [-5.0, 8.0], "label": ["1e-05", "8"],
-         "value": [0.9, 0.9]})))
-    assert slices["facet"]["field"] == "param" and slices["columns"] == 3
-    assert slices["resolve"]["scale"]["x"] == "independent"
-    duration = spec_of(charts.duration_chart(pd.DataFrame(
-        {"number": [0], "state": ["COMPLETE"], "duration_s": [3.0]})))
-    assert duration["encoding"]["y"]["field"] == "duration_s"
+def test_contributions_chart_colours_words_by_direction() -> None:
     words = spec_of(charts.contributions_chart(pd.DataFrame(
         {"token": ["good"], "weight": [0.5], "towards": ["positive"]})))
     assert words["encoding"]["color"]["scale"]["range"] == ["#d62728", "#2ca02c"]
