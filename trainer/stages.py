@@ -22,8 +22,9 @@ from trainer.splits import Dataset, Split, stratified_subset, train_validation
 log = logging.getLogger(__name__)
 
 CHANCE_WARNING = (
-    "the classification head of {model} was newly initialised (the checkpoint has none), so this "
-    "score is chance-level; fine-tune it with `python -m trainer tune`"
+    "{model} has no sentiment head: a new one was initialised (seeded by --seed), so this score "
+    "is chance-level by construction; the fine-tuned stage, which trains that head, is the one "
+    "to judge"
 )
 UNSAVED = "unsaved"  # under the artifacts folder: finished runs whose saving gave up
 
@@ -190,10 +191,11 @@ def pretrained(ctx: Context) -> Run:
     if (run := _kept_aside(ctx, Stage.PRETRAINED, key, ctx.test_subset())) is not None:
         return run
     started, test = time.monotonic(), ctx.test_subset()
-    clf = transformer.load_classifier(c.model)
+    clf = transformer.load_classifier(c.model, seed=c.seed)
     probs = transformer.predict_proba(clf, test.texts, max_length=c.max_length,
                                       batch_size=c.batch_size, progress=ctx.progress)
     warnings = (CHANCE_WARNING.format(model=c.model),) if clf.new_head else ()
+    warnings += transformer.label_warnings(clf, probs, test.labels)
     for w in warnings:
         log.warning(w)
     spec = RunSpec(stage=Stage.PRETRAINED, model=c.model, split="test",
@@ -239,20 +241,22 @@ def final(ctx: Context) -> Run:
     study = tuning.open_study(c, create=False)
     best = _best_trial(study)
     key = c.fingerprint("data", "model", "study", "test_size", "max_length", "seed")
-    key = f"{key}-t{best.number}"
+    size = final_size(c)
+    key = f"{key}-t{best.number}" + (f"-n{size}" if size else "")
     if (run := _done(ctx, Stage.FINETUNED, key)) is not None:
         return run
     if (run := _kept_aside(ctx, Stage.FINETUNED, key, ctx.test_subset())) is not None:
         return run
     started, test = time.monotonic(), ctx.test_subset()
-    model_dir = _final_model(ctx, best, best_trial_artifact(ctx.store, c.study))
+    model_dir = _final_model(ctx, best, best_trial_artifact(ctx.store, c.study), size)
     clf = transformer.load_classifier(str(model_dir))
     probs = transformer.predict_proba(clf, test.texts, max_length=c.max_length,
                                       batch_size=c.batch_size, progress=ctx.progress)
     spec = RunSpec(stage=Stage.FINETUNED, model=c.model, split="test",
                    data_source=ctx.data.source,
                    config={**c.to_json(), "best_trial": best.number, "best_params": best.params,
-                           "best_value": best.value},
+                           "best_value": best.value,
+                           "trained_on": size or _trial_train_size(ctx), "device": _device()},
                    config_hash=key, study=c.study, artifact=str(model_dir))
     run = _save(ctx, spec, test, probs, started)
     transformer.free_memory()
@@ -269,23 +273,50 @@ def _best_trial(study):
         ) from None
 
 
-def _final_model(ctx: Context, best, trial_dir: str | None) -> Path:
-    """A copy of the best trial's saved model, or the model retrained with the best parameters."""
+def final_size(config: Config) -> int | None:
+    """How many reviews the final model is retrained on, or None: the best trial's own model.
+
+    Only a final_train_size above the trials' train_size (multi-fidelity) asks for a retrain.
+    """
+    size, trials = config.final_train_size, config.train_size
+    return size if size is not None and (trials is None or size > trials) else None
+
+
+def _trial_train_size(ctx: Context) -> int:
+    return ctx.config.train_size or len(ctx.tuning_splits()[0])
+
+
+def _device() -> str:
+    from trainer.transformer.model import default_device
+
+    return default_device()
+
+
+def _final_model(ctx: Context, best, trial_dir: str | None, size: int | None) -> Path:
+    """The model the final stage scores: the best trial's parameters retrained on `size`
+    reviews, or (size None) a copy of the best trial's saved model, retrained if it is gone."""
     from trainer.transformer import finetune
     from trainer.transformer import model as transformer
     from trainer.tuning.artifacts import study_dir_name
 
-    target = _artifact_dir(ctx, f"{study_dir_name(ctx.config.study)}/final-t{best.number}")
+    name = f"final-t{best.number}" + (f"-n{size}" if size else "")
+    target = _artifact_dir(ctx, f"{study_dir_name(ctx.config.study)}/{name}")
     if (target / "config.json").exists():
         return target
-    if trial_dir and Path(trial_dir, "config.json").exists():
+    c = ctx.config
+    if size:
+        log.info("final: retraining trial %d's parameters on %d training reviews", best.number,
+                 size)
+        train = train_validation(ctx.data.train, size, c.eval_size, c.seed)[0]
+    elif trial_dir and Path(trial_dir, "config.json").exists():
         shutil.copytree(trial_dir, target, dirs_exist_ok=True)
         return target
-    log.info("the best trial's model was not kept; retraining it with its parameters")
-    train, validation = ctx.tuning_splits()
-    c = ctx.config
+    else:
+        log.info("the best trial's model was not kept; retraining it with its parameters")
+        train = ctx.tuning_splits()[0]
+    # No validation pass: the final model was chosen by its trial and is scored on test only.
     clf = finetune.fine_tune(transformer.resolve_model(c.model), train.texts, train.labels,
-                             validation.texts, validation.labels, best.params,
+                             [], [], best.params,
                              max_length=c.max_length, output_dir=target / "work", seed=c.seed,
                              progress=ctx.progress)
     transformer.save_classifier(clf, target)
