@@ -12,7 +12,7 @@ import streamlit as st
 from optuna.trial import FrozenTrial, TrialState
 
 from dashboard import settings, study_views
-from storage.records import Audit, Run, Stage
+from storage.records import Audit, Run
 from storage.store import NotFilledError, Store, open_store
 
 EVALUATORS = ("PED-ANOVA", "fANOVA", "mean decrease impurity")
@@ -234,36 +234,24 @@ def predictor(url: str, run_id: int) -> Any:
     """A stored model, loaded and warmed up once per process; predictors lock themselves for
     concurrent sessions.
 
+    A transformer scores through its fast CPU copy (trainer.transformer.fast), prepared here,
+    not at a visitor's first review: a one-shot `predict` would not earn the preparation back,
+    a server scoring for hours does (one review with a MiniLM: ~0.06 s against ~0.7 s eager on
+    2 cores). Explanations stay fp32.
+
     Raises:
         TrainerError: no stored run has this id, or its files are gone or unreadable.
     """
     from trainer import predict
 
-    loaded = predict.load_predictor(store(url), f"run:{run_id}", max_length=MAX_TOKENS,
-                                    fast=True)
-    if store(url).get_run(run_id).spec.stage != Stage.BASELINE:  # no torch for a baseline
-        warm_up(loaded)
+    loaded = predict.load_predictor(store(url), f"run:{run_id}", fast=True, fast_min_tokens=0)
+    for _ in range(WARM_UP_CALLS):  # the first prepares; traced graphs optimise over the next
+        loaded.predict_proba([WARM_UP_REVIEW])
     return loaded
 
 
-MAX_TOKENS = 256  # tokens of a review a transformer reads (load_predictor's default)
-
-
-def warm_up(loaded: Any) -> None:
-    """Prepare a transformer's fast CPU copy now, not during a visitor's first review.
-
-    load_predictor(fast=True) scores eagerly until one call brings FAST_MIN_TOKENS tokens (a
-    one-shot `predict` would not earn the preparation back); a server scores for hours, where
-    the fast copy is ~10x quicker for one review (0.06 s against 0.7 s with a MiniLM on 2
-    cores). So score one call of that many tokens: reviews cut at MAX_TOKENS, then one more
-    call, as traced graphs are optimised over their first calls. A model whose positions stop
-    short of MAX_TOKENS may stay eager: slower, still right.
-    """
-    from trainer.transformer.fast import FAST_MIN_TOKENS
-
-    long_review = "a film worth a second look " * (MAX_TOKENS // 4)  # > MAX_TOKENS tokens
-    loaded.predict_proba([long_review] * (FAST_MIN_TOKENS // (MAX_TOKENS - 2) + 1))
-    loaded.predict_proba([long_review[:200]])
+WARM_UP_REVIEW = "A warm-up review, scored before a visitor's first one."
+WARM_UP_CALLS = 3
 
 
 # Keyed by run id and text: a run's model never changes once saved, so neither does its answer.
