@@ -9,7 +9,8 @@ from typing import Any, Self, TypeVar
 
 import pandas as pd
 from alembic.util import CommandError
-from sqlalchemy import Connection, delete, exc, insert, inspect, select
+from sqlalchemy import Connection, delete, exc, insert, inspect, literal_column, select
+from sqlalchemy import table as table_clause
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
@@ -32,7 +33,7 @@ from storage.engine import (
 )
 from storage.errors import StorageError
 from storage.migrations import revision_state, upgrade
-from storage.models import AUDIT_TABLES, AuditRow, PredictionRow, ReviewRow, RunRow
+from storage.models import AUDIT_TABLES, VERSION_TABLE, AuditRow, PredictionRow, ReviewRow, RunRow
 from storage.records import Audit, Evaluation, Predictions, Run, RunSpec
 from storage.rows import (
     audit_child_rows,
@@ -55,6 +56,10 @@ RUNS = RunRow.__table__
 PREDICTIONS = PredictionRow.__table__
 REVIEWS = ReviewRow.__table__
 AUDITS = AuditRow.__table__
+# Tables that a created database holds before anything is stored: the schema versions (ours,
+# Optuna's) and SQLite's autoincrement counters.
+BOOKKEEPING_TABLES = frozenset({VERSION_TABLE, "alembic_version", "version_info",
+                                "sqlite_sequence"})
 FILL_COMMAND = "`python -m trainer baseline` (a quick start) or `python -m trainer run`"
 
 
@@ -120,6 +125,9 @@ class Store:
                 and not Path(parsed.database).is_file():
             raise NotFilledError(f"There is no database file at {parsed.database}; "
                                  f"{FILL_COMMAND} creates and fills it.")
+        # A new SQLite file, and the folders made for it, is this Store's to remove again when
+        # the command fails before writing anything (discard_if_unused).
+        self._created = [] if read_only else _new_sqlite_paths(parsed)
         self._engine = make_engine(parsed, busy_timeout_s, read_only=read_only)
         self._writer = writer(self._engine)
         try:
@@ -287,6 +295,39 @@ class Store:
         """Release every pooled connection."""
         self._engine.dispose()
 
+    def discard_if_unused(self) -> bool:
+        """Close; delete the SQLite file if this Store created it and nothing was written to it.
+
+        A command that fails before writing so leaves no empty database behind. A file that
+        existed before, or that holds any row of ours or of Optuna's (a study), is kept.
+
+        Returns:
+            Whether the file was deleted.
+        """
+        unused = bool(self._created) and not self._holds_rows()
+        self.close()
+        if not unused:
+            return False
+        file, *folders = self._created
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            file.with_name(file.name + suffix).unlink(missing_ok=True)
+        for folder in folders:  # the deepest first; one that is not empty stays, with its parents
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        return True
+
+    def _holds_rows(self) -> bool:
+        """Whether any table but the version bookkeeping has a row; True when unsure."""
+        try:
+            with self._engine.connect() as conn:
+                names = set(inspect(conn).get_table_names()) - BOOKKEEPING_TABLES
+                return any(conn.execute(select(literal_column("1")).select_from(table_clause(name))
+                                        .limit(1)).first() is not None for name in names)
+        except exc.SQLAlchemyError:
+            return True
+
     def _upgrade(self) -> None:
         upgrade(self._engine, self._writer)
 
@@ -417,6 +458,16 @@ class Store:
                 for kind in AUDIT_TABLES
             }
             return to_audit(row, children)
+
+
+def _new_sqlite_paths(url: Any) -> list[Path]:
+    """A SQLite file that does not exist yet, then each missing folder above it, deepest first."""
+    if url.get_backend_name() != "sqlite" or is_memory(url):
+        return []
+    file = Path(url.database).absolute()
+    if file.exists():
+        return []
+    return [file, *(p for p in file.parents if not p.exists())]
 
 
 def _same_trial(spec: RunSpec) -> tuple[Any, ...]:

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,39 @@ class RefusedFlag(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         raise ConfigError(self.message)
+
+
+class ConsoleHandler(logging.Handler):
+    """Log lines on stderr, above any progress bar, each once.
+
+    huggingface_hub and datasets print through their own handlers and still propagate to the
+    root: their records are left to them, or every such line would appear twice.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self.addFilter(lambda record: not printed_by_own_handler(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)  # clears and redraws the bars
+        except Exception:
+            self.handleError(record)
+
+
+def printed_by_own_handler(record: logging.LogRecord) -> bool:
+    """Whether a logger between the record's and the root has a handler of its own."""
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None and logger is not logging.root:
+        if logger.handlers:
+            return True
+        if not logger.propagate:
+            return False
+        logger = logger.parent
+    return False
 
 
 def add_config_options(
@@ -76,11 +109,44 @@ def _store(config: Config, *, read_only: bool = False):
     return open_store(config.db, lock_timeout_s=config.lock_timeout)
 
 
-def _context(args: argparse.Namespace):
+@contextlib.contextmanager
+def _context(args: argparse.Namespace) -> Iterator[Any]:
+    """The stages' Context; a command that fails before writing leaves no new database file."""
     from trainer.stages import Context
 
     config = _config(args)
-    return Context(config, _store(config), progress=not args.quiet)
+    store = _store(config)
+    try:
+        yield Context(config, store, progress=not args.quiet)
+    except BaseException:
+        store.discard_if_unused()
+        raise
+
+
+def shown_db(config: Config) -> str:
+    """The database URL as messages show it (password and secret parameters masked)."""
+    from storage.engine import display_url, normalize_url
+
+    return display_url(normalize_url(config.db))
+
+
+@contextlib.contextmanager
+def _naming_database(config: Config, *, when: bool = True) -> Iterator[None]:
+    """A lookup that finds nothing says which database it read (the default or --db)."""
+    from storage.store import NotFilledError
+
+    try:
+        yield
+    except (NotFilledError, TrainerError) as e:
+        if not when or shown_db(config) in str(e):
+            raise
+        raise TrainerError(naming_database(str(e), config)) from e
+
+
+def naming_database(message: str, config: Config) -> str:
+    """`message`, with the database it is about added when it does not name it yet."""
+    shown = shown_db(config)
+    return message if shown in message else f"{message.rstrip('.')} (database {shown})"
 
 
 def _print_runs(ctx, runs) -> None:
@@ -92,8 +158,8 @@ def _print_runs(ctx, runs) -> None:
 def run_main_job(args: argparse.Namespace) -> int:
     from trainer import stages
 
-    ctx = _context(args)
-    _print_runs(ctx, stages.run_all(ctx))
+    with _context(args) as ctx:
+        _print_runs(ctx, stages.run_all(ctx))
     return 0
 
 
@@ -101,10 +167,12 @@ def _stage_runner(stage_name: str, transformers: bool) -> Callable[[argparse.Nam
     def run(args: argparse.Namespace) -> int:
         from trainer import stages
 
-        ctx = _context(args)
-        if transformers:
-            ctx.config = stages.for_transformers(ctx.config)
-        _print_runs(ctx, [getattr(stages, stage_name)(ctx)])
+        with _context(args) as ctx:
+            if transformers:
+                ctx.config = stages.for_transformers(ctx.config)
+            # final looks a study and its best trial up: finding none names the database.
+            with _naming_database(ctx.config, when=stage_name == "final"):
+                _print_runs(ctx, [getattr(stages, stage_name)(ctx)])
         return 0
 
     return run
@@ -115,10 +183,10 @@ def _tune_runner(join: bool) -> Callable[[argparse.Namespace], int]:
         from trainer import stages
         from trainer.report import studies_table, study_entries
 
-        ctx = _context(args)
-        ctx.config = stages.for_transformers(ctx.config)
-        study = stages.tune(ctx, ctx.config.trials, join=join)
-        print(studies_table(study_entries(ctx.store.url, study.study_name)))
+        with _context(args) as ctx:
+            ctx.config = stages.for_transformers(ctx.config)
+            study = stages.tune(ctx, ctx.config.trials, join=join)
+            print(studies_table(study_entries(ctx.store.url, study.study_name)))
         return 0
 
     return run
@@ -144,7 +212,12 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from trainer.predict import label_of, load_predictor, read_reviews_csv, validate_review
+    from trainer.predict import (
+        load_predictor,
+        prediction_record,
+        read_reviews_csv,
+        validate_review,
+    )
 
     config = _config(args)
     texts = list(args.texts)
@@ -160,22 +233,15 @@ def run_predict(args: argparse.Namespace) -> int:
     if not texts:
         raise TrainerError("no review given; pass TEXT arguments or --file reviews.csv")
     texts = [validate_review(t) for t in texts]
-    predictor = load_predictor(
-        _store(config, read_only=True), args.model_ref, max_length=args.max_length,
-        study=config.study, fast=args.fast,
-    )
-    for prob in predictor.predict_proba(texts):
-        label, score = label_of(float(prob))
-        print(
-            json.dumps(
-                {
-                    "label": label,
-                    "score": round(score, 6),
-                    "p_positive": round(float(prob), 6),
-                    "model": predictor.name,
-                }
-            )
+    with _naming_database(config):
+        predictor = load_predictor(
+            _store(config, read_only=True), args.model_ref, max_length=args.max_length,
+            study=config.study, fast=args.fast,
         )
+    for note in predictor.notes:  # once per call, on stderr: stdout stays JSON lines only
+        print(f"note: {note}", file=sys.stderr)
+    for prob in predictor.predict_proba(texts):
+        print(json.dumps(prediction_record(float(prob), predictor)))
     return 0
 
 
@@ -185,17 +251,20 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from storage.store import NotFilledError, open_store
+    from storage.store import FILL_COMMAND, NotFilledError, open_store
     from trainer.report import build_report, empty_report, render
 
-    note = None
+    config, note = _config(args), None
     try:  # a report only reads: nothing is created, migrated or switched to WAL
-        store = open_store(_config(args).db, read_only=True)
+        store = open_store(config.db, read_only=True)
     except NotFilledError as e:  # nothing stored yet: an empty report, and what fills it
-        report, note = empty_report(), str(e)
+        report, note = empty_report(), naming_database(str(e), config)
     else:
         with store:
             report = build_report(store, with_trials=args.with_trials)
+        if not report["runs"] and not report["studies"]:
+            note = (f"The database {shown_db(config)} holds no evaluated model and no study "
+                    f"yet; {FILL_COMMAND} fills it.")
     print(json.dumps(report, indent=2) if args.json else render(report))
     if note is not None and not args.json:  # --json prints the one object, nothing else
         print(f"\n{note}")
@@ -206,8 +275,8 @@ def run_audit_command(args: argparse.Namespace) -> int:
     from trainer import stages
     from trainer.report import audit_summary
 
-    ctx = _context(args)
-    print(audit_summary(ctx.store, stages.audit(ctx)))
+    with _context(args) as ctx:
+        print(audit_summary(ctx.store, stages.audit(ctx)))
     return 0
 
 
@@ -292,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # a flag the command does not use (RefusedFlag)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if not logging.root.handlers:  # as logging.basicConfig: an embedding program's setup wins
+        logging.root.addHandler(ConsoleHandler())
+        logging.root.setLevel(logging.WARNING)
     logging.getLogger("trainer").setLevel(logging.INFO)
     try:
         return COMMANDS[args.command][2](args)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer import hub
 from trainer.errors import DataError
 from trainer.splits import Dataset, Split
 
@@ -24,7 +25,6 @@ FORMATS = ("parquet", "csv", "jsonl")  # looked for in this order
 REQUIRED = ["label", "text"]
 OPTIONAL = ["review_id", "rating"]  # read when present; rating: the review's stars
 _ACL_FILE = re.compile(r"^(\d+)_(\d+)\.txt$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _HINT = (
     "pass --data DIR (or IMDB_DATA) with train/test parquet/csv/jsonl files or an aclImdb folder, "
     "e.g. --data ../shared/data/imdb"
@@ -52,8 +52,9 @@ def load_imdb(source: str, *, progress: bool = False) -> Dataset:
     path = Path(source).expanduser()
     if path.exists():
         return _from_directory(path.resolve(), progress)
-    if source.startswith((".", "~")) or not _HUB_ID.match(source):
+    if not hub.is_hub_id(source):
         raise DataError(f"no such directory: {source}; {_HINT}")
+    hub.decide(source)  # an unreachable hub: offline at once, not a minute of retries
     return _from_hub(source, progress)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -118,10 +117,10 @@ def test_run_is_resumable_and_reports_every_stage(
     for extra in ([], ["--fast"]):
         assert main(["predict", *reviews, "--model-ref", "final", "--db", db, *extra]) == 0
         lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-        scores[bool(extra)] = [x["p_positive"] for x in lines]
-    # bf16 keeps 8 bits of mantissa, int8 1/255 of each range: a few thousandths at most here.
-    np.testing.assert_allclose(scores[True], scores[False], atol=1e-2)
-    assert scores[True] != scores[False]  # reduced precision did score them
+        scores[bool(extra)] = [x["prob_positive"] for x in lines]
+    # Three short reviews are too little work to earn back preparing the fast path: --fast
+    # scores them eagerly, exactly as without it (trainer.transformer.fast.worth_preparing).
+    assert scores[True] == scores[False]
 
 
 def test_predict_reads_arguments_and_csv_and_refuses_empty_reviews(
@@ -193,3 +192,87 @@ def test_report_with_a_select_only_postgresql_role(
     report = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in report["studies"]] == [read_only.STUDY]
     assert len(report["runs"]) == 1
+
+
+@pytest.mark.parametrize(("final_size", "trained_on", "retrained"), [(48, 48, True),
+                                                                      (8, 16, False)])
+def test_the_final_model_is_retrained_on_more_reviews_only_when_asked(
+        small_imdb: Path, tiny_model_dir: str, tmp_path: Path, final_size: int, trained_on: int,
+        retrained: bool) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    art = tmp_path / "art"
+    assert main(["--quiet", "run", "--data", str(small_imdb), "--model", tiny_model_dir,
+                 "--db", db, "--artifacts", str(art), "--trials", "1", "--train-size", "16",
+                 "--final-train-size", str(final_size), "--eval-size", "16",
+                 "--test-size", "20", "--max-length", "32"]) == 0
+    final = next(r for r in _runs(db) if r.spec.stage == "finetuned")
+    assert final.spec.config["trained_on"] == trained_on
+    assert final.spec.config["device"] == "cpu"
+    assert Path(final.spec.artifact).name.endswith(f"-n{final_size}") == retrained
+
+
+def test_a_command_that_fails_before_writing_leaves_no_database_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "new" / "runs" / "s.db"
+    args = ["--quiet", "baseline", "--data", str(tmp_path / "nowhere/x"), "--db", f"sqlite:///{db}"]
+    assert main(args) == 1
+    assert "no such directory" in _error_line(capsys)
+    assert not (tmp_path / "new").exists()  # neither the file nor the folders made for it
+
+
+def test_a_failing_command_keeps_a_database_file_that_was_there_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    open_store(db).close()  # created (and migrated) by an earlier command, still empty
+    before = (tmp_path / "s.db").read_bytes()
+    assert main(["--quiet", "baseline", "--data", str(tmp_path / "nowhere/x"), "--db", db]) == 1
+    assert (tmp_path / "s.db").read_bytes() == before
+
+
+def test_commands_that_find_nothing_name_the_database_they_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    open_store(empty).close()
+    for db in (missing, empty):
+        assert main(["report", "--db", db]) == 0
+        note = capsys.readouterr().out.strip().splitlines()[-1]
+        assert db in note and "python -m trainer baseline" in note, note
+        assert main(["predict", "fine", "--db", db]) == 1
+        assert db in _error_line(capsys)
+    assert main(["--quiet", "final", "--db", empty, "--artifacts", str(tmp_path / "art")]) == 1
+    line = _error_line(capsys)
+    assert "no study 'imdb-finetune'" in line and empty in line
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_database_password_is_masked_where_nothing_was_found(
+    pg_schema_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = pg_schema_url.replace("postgres@", "postgres:hunter2@", 1)  # trust auth ignores it
+    assert main(["report", "--db", url]) == 0
+    note = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "hunter2" not in note and "postgres:***@" in note, note
+
+
+def test_tune_shows_trials_and_epochs_as_they_go(
+    small_imdb: Path, tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    space = {"search_space": {"num_train_epochs": {"low": 2, "high": 2},
+                              "per_device_train_batch_size": {"choices": [8]}}}
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(space))
+    caplog.set_level("INFO", logger="trainer")
+    assert main(["tune", "--data", str(small_imdb), "--model", tiny_model_dir, "--trials", "1",
+                 "--train-size", "8", "--eval-size", "8", "--max-length", "16",
+                 "--db", f"sqlite:///{tmp_path / 's.db'}", "--artifacts", str(tmp_path / "art"),
+                 "--config", str(config)]) == 0
+    bars = capsys.readouterr().err
+    assert "trials: 100%" in bars and "1/1" in bars
+    assert "trial 0, epoch 2/2" in bars and "best " in bars  # the bar's postfix
+    lines = [r.getMessage() for r in caplog.records if r.name == "trainer.tuning.study"]
+    assert [m.split(":")[0] for m in lines] == ["trial 0, epoch 1/2", "trial 0, epoch 2/2"]
