@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def test_env_is_generated_from_the_field_metadata() -> None:
         "seed": "SENTIMENT_SEED", "artifacts": "SENTIMENT_ARTIFACTS",
         "heartbeat": "SENTIMENT_HEARTBEAT", "batch_size": "SENTIMENT_BATCH_SIZE",
         "behaviour": "SENTIMENT_BEHAVIOUR", "trial": "SENTIMENT_AUDIT_TRIAL",
-        "lock_timeout": "SENTIMENT_LOCK_TIMEOUT",
+        "lock_timeout": "SENTIMENT_LOCK_TIMEOUT", "final_train_size": "SENTIMENT_FINAL_TRAIN_SIZE",
     }
 
 
@@ -159,3 +160,33 @@ def test_a_field_declared_with_an_option_gets_its_env_var_flag_and_refusal() -> 
 def test_an_option_naming_an_unknown_command_is_refused() -> None:
     with pytest.raises(ValueError, match="'tunes'"):
         Option(env=None, help="x", commands=frozenset({"tunes"}))
+
+
+def _option_entries(help_text: str) -> dict[str, str]:
+    """The options of a --help text, each with its help as printed (wrapped lines joined)."""
+    entries: dict[str, str] = {}
+    current = None
+    for line in help_text.splitlines():
+        start = re.match(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if start:
+            current = start.group(1)
+            entries[current] = start.group(2) or ""
+        elif current and line.startswith("   ") and line.strip():
+            entries[current] = f"{entries[current]} {line.strip()}".strip()
+        else:
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("command", [None, *COMMAND_NAMES])
+def test_every_option_in_each_help_text_has_its_help(
+    command: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"] if command is None else [command, "--help"])
+    assert exit_.value.code == 0
+    entries = _option_entries(capsys.readouterr().out)
+    parser = build_parser() if command is None else _command_parsers()[command]
+    shown = {s for a in parser._actions if a.help != argparse.SUPPRESS for s in a.option_strings}
+    assert {s for e in entries for s in re.findall(r"-[-\w]+", e)} == shown  # each one parsed
+    assert all(len(text.split()) >= 2 for text in entries.values()), entries

@@ -6,6 +6,7 @@ simulated fine-tuning curves (bench/results/README.md); a trial's last epoch is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -53,7 +54,7 @@ class TrainModel(Protocol):
 
 def fine_tune_and_save(model: str, train: Split, validation: Split, params: dict[str, Any], *,
                        max_length: int, seed: int, on_epoch: Callable[[int, np.ndarray], None],
-                       work_dir: str, save_to: Path) -> Path:
+                       work_dir: str, save_to: Path, progress: bool = False) -> Path:
     """The default TrainModel: trainer.transformer.finetune.fine_tune, then save the classifier.
 
     Args:
@@ -66,6 +67,7 @@ def fine_tune_and_save(model: str, train: Split, validation: Split, params: dict
         on_epoch: the trial's per-epoch scorer.
         work_dir: the Trainer's working directory.
         save_to: where the trained classifier is saved.
+        progress: show the training steps as a bar.
 
     Returns:
         The saved model folder.
@@ -81,7 +83,7 @@ def fine_tune_and_save(model: str, train: Split, validation: Split, params: dict
         clf = finetune.fine_tune(
             transformer.resolve_model(model), train.texts, train.labels, validation.texts,
             validation.labels, params, max_length=max_length, output_dir=work_dir, seed=seed,
-            on_epoch=on_epoch,
+            on_epoch=on_epoch, progress=progress,
         )
         return transformer.save_classifier(clf, save_to)
     finally:
@@ -150,7 +152,8 @@ def tune(config: Config, train: Split, validation: Split, store: Any, *, n_trial
         validation: the reviews each trial is scored on (never the test split).
         store: our Store on the same database; each trial's runs are written there.
         n_trials: how many trials to add.
-        progress: show a progress bar over trials.
+        progress: show a bar over the trials (the current trial, its epoch and the best value)
+            and a line per epoch.
         data_source: where the reviews came from (stored with the runs); config.data if None.
         train_model: trains and saves one trial's model (see TrainModel); None:
             fine_tune_and_save, once config.model is known to exist.
@@ -209,17 +212,24 @@ def _optimize(study: optuna.Study, config: Config, train: Split, validation: Spl
         config = config.sized_for(transformer.default_device())
     if train_model is None:
         _check_model(config.model)
-        train_model = fine_tune_and_save
+        train_model = functools.partial(fine_tune_and_save, progress=progress)
+    bar = TrialsBar(n_trials, enabled=progress)
     objective = _Objective(config, train, validation, store, data_source or config.data,
-                           train_model)
+                           train_model, bar)
+    with bar:
+        _run_trials(study, objective, n_trials, bar)
+    return study
+
+
+def _run_trials(study: optuna.Study, objective: _Objective, n_trials: int,
+                bar: TrialsBar) -> None:
     while objective.calls < n_trials:
         try:
             with quiet_optuna(), _storage_errors_first():
                 study.optimize(objective, n_trials=n_trials - objective.calls,
                                catch=(TrialFailed,),
                                callbacks=[keep_best_artifacts(objective.artifacts,
-                                                              KEEP_ARTIFACTS), log_trial],
-                               show_progress_bar=progress)
+                                                              KEEP_ARTIFACTS), log_trial, bar])
         except ValueError as e:  # "Cannot tell a FAIL trial": it was reaped while running
             if not str(e).startswith(CANNOT_TELL) or not _reaped_meanwhile(study,
                                                                            objective.last):
@@ -228,7 +238,6 @@ def _optimize(study: optuna.Study, config: Config, train: Split, validation: Spl
                         "too late); going on with the next trial", objective.last)
         else:
             break
-    return study
 
 
 def _reaped_meanwhile(study: optuna.Study, number: int | None) -> bool:
@@ -270,6 +279,44 @@ def _check_model(name: str) -> None:
     transformer.check_location(transformer.resolve_model(name))
 
 
+class TrialsBar:
+    """The tune stage's progress: a "trials" bar whose postfix shows the running trial, its
+    epoch and the best value so far, and a log line per epoch (an Optuna callback too)."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.enabled = enabled
+        self.bar = tqdm(total=total, desc="trials", unit="trial", disable=not enabled)
+        self.best: float | None = None
+
+    def __enter__(self) -> TrialsBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.bar.close()
+
+    def started(self, trial: int, epochs: int) -> None:
+        self._show(f"trial {trial}", f"epoch 0/{epochs}")
+
+    def epoch(self, trial: int, epoch: int, epochs: int, accuracy: float) -> None:
+        """After an epoch was scored on validation: a line, and the bar's postfix."""
+        if self.enabled:
+            log.info("trial %d, epoch %d/%d: validation accuracy %.4f", trial, epoch, epochs,
+                     accuracy)
+        self._show(f"trial {trial}", f"epoch {epoch}/{epochs}", f"accuracy {accuracy:.4f}")
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with contextlib.suppress(ValueError):  # no complete trial yet
+            self.best = study.best_value
+        self.bar.update(1)
+        self._show(f"trial {trial.number} {trial.state.name.lower()}")
+
+    def _show(self, *parts: str) -> None:
+        best = () if self.best is None else (f"best {self.best:.4f}",)
+        self.bar.set_postfix_str(", ".join((*parts, *best)))
+
+
 # --- one trial -----------------------------------------------------------------------------
 
 
@@ -283,6 +330,7 @@ class _Objective:
     store: Any
     data_source: str
     train_model: TrainModel
+    bar: TrialsBar
     artifacts: Path = field(init=False)
     calls: int = 0  # trials started by this process
     last: int | None = None  # the number of the trial it started last
@@ -320,11 +368,12 @@ class _Objective:
 
     def _train(self, record: TrialRecord) -> float:
         c = self.config
+        self.bar.started(record.trial.number, record.params["num_train_epochs"])
         with tempfile.TemporaryDirectory(prefix="sentiment-trial-",
                                          ignore_cleanup_errors=True) as work_dir:
             saved = self.train_model(
                 c.model, self.train, self.validation, record.params, max_length=c.max_length,
-                seed=c.seed, on_epoch=record.on_epoch, work_dir=work_dir,
+                seed=c.seed, on_epoch=self._on_epoch(record), work_dir=work_dir,
                 save_to=self.artifacts / f"trial-{record.trial.number}",
             )
         if record.last is None:
@@ -332,6 +381,18 @@ class _Objective:
             raise TrainerError("training ended without a validation pass; nothing to score")
         record.save(artifact=str(Path(saved).resolve()))
         return record.accuracy
+
+    def _on_epoch(self, record: TrialRecord) -> Callable[[int, np.ndarray], None]:
+        """record.on_epoch, then the epoch shown, pruned or not."""
+        def on_epoch(epoch: int, probs: np.ndarray) -> None:
+            try:
+                record.on_epoch(epoch, probs)
+            finally:
+                if record.last is not None and record.last[0] == epoch:
+                    self.bar.epoch(record.trial.number, epoch,
+                                   record.params["num_train_epochs"], record.accuracy)
+
+        return on_epoch
 
 
 def _failure_reason(error: Exception) -> str | None:
