@@ -107,9 +107,9 @@ def show_errors(preds, threshold: float) -> None:
         return
     low, high = int(lengths.min()), max(int(lengths.max()), int(lengths.min()) + 1)
     chosen = st.slider("Review length (characters)", low, high, (low, high), key="eval_length")
-    wrong = views.errors_frame(preds, threshold, chosen[0], chosen[1], limit=None)
-    errors = wrong.head(MAX_ERRORS_SHOWN)
-    st.caption(views.errors_caption(len(errors), len(wrong)))
+    errors = views.errors_frame(preds, threshold, chosen[0], chosen[1], limit=MAX_ERRORS_SHOWN)
+    total = len(views.misclassified(preds, threshold, chosen[0], chosen[1]))
+    st.caption(views.errors_caption(len(errors), total))
     st.dataframe(errors, hide_index=True, key="eval_errors",
                  column_config={"confidence": st.column_config.NumberColumn(format="%.3f"),
                                 "text": st.column_config.TextColumn(width="large")})

@@ -95,6 +95,8 @@ def test_error_browser_counts_every_error_and_shows_review_text_with_line_breaks
     wrong = views.errors_frame(frame, 0.5, limit=None)
     assert len(wrong) == 2 and len(views.errors_frame(frame, 0.5, limit=1)) == 1
     assert set(wrong["text"]) == {"a\n\nb"}
+    assert len(views.misclassified(frame, 0.5)) == 2  # the total the browser names
+    assert len(views.misclassified(frame, 0.5, max_length=9)) == 0
     assert views.errors_caption(1, 2) == \
         "1 of 2 misclassified reviews shown, the most confidently wrong first."
     assert views.errors_caption(200, 1234).startswith("200 of 1,234 misclassified reviews shown")
