@@ -20,8 +20,9 @@ def trial_x(title: str = "trial") -> alt.X:
 
 
 def legend(title: str | None = None) -> alt.Legend:
-    """A legend whose labels are never cut."""
-    return alt.Legend(title=title, labelLimit=0, orient="bottom", columns=3)
+    """A legend whose labels are never cut (on the right: Streamlit fits a chart's height
+    to its plot and a bottom legend together, which squashed the plot)."""
+    return alt.Legend(title=title, labelLimit=0)
 
 
 def history_chart(frame: pd.DataFrame, pruned: pd.DataFrame | None = None,
@@ -125,7 +126,8 @@ def param_x(field: str, label: str, title: str, kind: str, labels: pd.Series,
                        scale=alt.Scale(type="log", zero=False, nice=False),
                        axis=alt.Axis(format=".2~e", labelOverlap="greedy", labelSeparation=6,
                                      tickCount=5))
-    axis = alt.Axis(format="d", tickMinStep=1) if kind == "int" else alt.Axis()
+    axis = alt.Axis(format="d", tickMinStep=1) if kind == "int" \
+        else alt.Axis(labelOverlap="greedy", labelSeparation=6)
     return channel(f"{field}:Q", title=title, scale=alt.Scale(zero=False), axis=axis)
 
 
@@ -179,8 +181,10 @@ def edf_chart(frame: pd.DataFrame, objective: str = "objective") -> alt.Chart:
 
 def timeline_chart(frame: pd.DataFrame, y_title: str = "trial") -> alt.Chart:
     """When each trial ran: a bar from start to end (now, while running), coloured by state."""
-    return alt.Chart(frame).mark_rule(strokeWidth=2).encode(
-        x=alt.X("start:T", title="time", axis=alt.Axis(format="%b %d %H:%M", labelAngle=0)),
+    width = max(1.0, min(8.0, 240 / max(len(frame), 1)))  # bars as thick as rows allow
+    return alt.Chart(frame).mark_rule(strokeWidth=width, clip=True).encode(
+        x=alt.X("start:T", title="time", axis=alt.Axis(format="%b %d %H:%M", labelAngle=0),
+                scale=alt.Scale(domain=_time_span(frame))),
         x2="end:T",
         y=alt.Y("number:Q", title=y_title, axis=alt.Axis(format="d", tickMinStep=1),
                 scale=alt.Scale(zero=False, nice=False, padding=4, reverse=True)),
@@ -189,6 +193,17 @@ def timeline_chart(frame: pd.DataFrame, y_title: str = "trial") -> alt.Chart:
                  alt.Tooltip("start:T", format="%Y-%m-%d %H:%M:%S"),
                  alt.Tooltip("end:T", format="%Y-%m-%d %H:%M:%S")],
     ).properties(title="timeline of trials", height=320)
+
+
+def _time_span(frame: pd.DataFrame) -> list[alt.DateTime]:
+    # Up to the last start or end recorded: a trial left RUNNING for months (its worker gone)
+    # runs off the right edge instead of squeezing every other trial into a sliver.
+    finished = frame.loc[frame["state"] != "RUNNING", "end"]
+    low = frame["start"].min()
+    high = max(frame["start"].max(), finished.max() if len(finished) else low)
+    ends = [low, high + (high - low) * 0.05]  # room for the latest start to show
+    return [alt.DateTime(year=t.year, month=t.month, date=t.day, hours=t.hour,
+                         minutes=t.minute, seconds=t.second) for t in ends]
 
 
 def duration_chart(frame: pd.DataFrame) -> alt.Chart:

@@ -176,13 +176,14 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         shown["interval"] = [interval_text(lo, hi) for lo, hi in
                              zip(shown["ci_low"], shown["ci_high"], strict=True)]
         shown["n"] = shown["n"].astype("Int64")
-    columns = [c for c in COLUMN_LABELS if c in shown]
     params = [c for c in shown.columns if c.startswith(PARAM_PREFIX)]
+    head = [c for c in ("number", "state", "value", "interval", "n") if c in shown]
+    tail = [c for c in COLUMN_LABELS if c in shown and c not in head]
     for c in params:
         shown[c] = shown[c].map(lambda v: "" if v is None or (isinstance(v, float)
                                                               and math.isnan(v)) else sig(v))
     labels = {**COLUMN_LABELS, **{c: param_label(c[len(PARAM_PREFIX):]) for c in params}}
-    return shown[columns + params].rename(columns=labels)
+    return shown[head + params + tail].rename(columns=labels)  # the long texts last
 
 
 def history_frame(table: pd.DataFrame, direction: str) -> pd.DataFrame:

@@ -49,7 +49,7 @@ def show_counts(table: pd.DataFrame, direction: str) -> None:
 
 
 def show_trials(url: str, name: str, table: pd.DataFrame, direction: str) -> None:
-    left, middle, right = st.columns([2, 1, 1])
+    left, middle, right = st.columns([3, 1, 1])
     states = left.multiselect("States", sv.STATES, default=list(sv.STATES), key="study_states")
     sortable = ["number", "value", "n", "duration_s", "epochs", "started",
                 *(c for c in table.columns if c.startswith(sv.PARAM_PREFIX))]
@@ -72,7 +72,6 @@ def column_label(column: str) -> str:
 def show_table(table: pd.DataFrame, key: str, selectable: bool = False):
     """The trials as shown: readable names, value with n and 95% interval, no column cut."""
     config = {"value": st.column_config.NumberColumn(format="%.4f", width="small"),
-              "95% interval": st.column_config.TextColumn(width="medium"),
               "duration (s)": st.column_config.NumberColumn(format="%.1f", width="small"),
               "started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")}
     shown = sv.display_table(table)

@@ -141,3 +141,15 @@ def test_thousand_trials_ship_bounded_rows(trials) -> None:
     many = study.get_trials()
     spec = spec_of(sc.intermediate_chart(sv.intermediate_frame(many, "maximize")))
     assert len(rows(spec)) <= sv.MAX_LINE_POINTS + 5 * 5
+
+
+def test_timeline_ends_at_the_last_recorded_event_not_at_a_stale_running_trial() -> None:
+    start = dt.datetime(2026, 1, 1, 8, 0)
+    frame = pd.DataFrame({"number": [0, 1], "state": ["COMPLETE", "RUNNING"],
+                          "start": [start, start + dt.timedelta(minutes=10)],
+                          "end": [start + dt.timedelta(minutes=5), dt.datetime(2026, 12, 1)]})
+    scale = spec_of(sc.timeline_chart(frame))["encoding"]["x"]["scale"]
+    assert scale["domain"][0] == {"year": 2026, "month": 1, "date": 1, "hours": 8, "minutes": 0,
+                                  "seconds": 0}
+    assert scale["domain"][1] == {"year": 2026, "month": 1, "date": 1, "hours": 8,
+                                  "minutes": 10, "seconds": 30}  # the last start, 5% beyond

@@ -217,8 +217,9 @@ def test_display_table_names_columns_and_keeps_three_significant_digits(trials) 
     table = sv.with_intervals(sv.trials_table(trials),
                               sv.trial_intervals(trials, {0: run_with(0, 0.8, 64, (0.7, 0.9))}))
     shown = sv.display_table(table)
-    assert list(shown.columns)[:8] == ["trial", "state", "value", "95% interval", "n (reviews)",
-                                       "duration (s)", "epochs run", "started"]
+    assert list(shown.columns) == ["trial", "state", "value", "95% interval", "n (reviews)",
+                                   "batch", "epochs", "lr", "duration (s)", "epochs run",
+                                   "started", "fail reason"]
     assert shown["lr"].tolist()[:3] == ["1.78e-05", "0.001", "2.04e-05"]
     assert shown["batch"].tolist()[:2] == ["8", "16"]
     assert shown["95% interval"].tolist()[:2] == ["0.700–0.900", "–"]
