@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from storage.store import open_store
-from trainer.cli import main
+from trainer.cli import ConsoleHandler, main
 
 
 def _runs(db: str) -> list:
@@ -276,3 +278,20 @@ def test_tune_shows_trials_and_epochs_as_they_go(
     assert "trial 0, epoch 2/2" in bars and "best " in bars  # the bar's postfix
     lines = [r.getMessage() for r in caplog.records if r.name == "trainer.tuning.study"]
     assert [m.split(":")[0] for m in lines] == ["trial 0, epoch 1/2", "trial 0, epoch 2/2"]
+
+
+def test_a_library_line_is_printed_once_beside_its_own_handler(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    library = logging.getLogger("somelibrary")  # as huggingface_hub: own handler, propagates
+    own = logging.StreamHandler(sys.stderr)
+    library.addHandler(own)
+    console = ConsoleHandler()
+    logging.root.addHandler(console)
+    try:
+        logging.getLogger("somelibrary.http").warning("Retrying in 1s [Retry 1/5].")
+        logging.getLogger("trainer.stages").warning("ours")
+    finally:
+        logging.root.removeHandler(console)
+        library.removeHandler(own)
+    assert capsys.readouterr().err.splitlines() == ["Retrying in 1s [Retry 1/5].", "ours"]
