@@ -295,3 +295,13 @@ def test_a_library_line_is_printed_once_beside_its_own_handler(
         logging.root.removeHandler(console)
         library.removeHandler(own)
     assert capsys.readouterr().err.splitlines() == ["Retrying in 1s [Retry 1/5].", "ours"]
+
+
+def test_a_command_that_fails_after_writing_keeps_the_database_it_created(
+    small_imdb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["--quiet", "run", "--data", str(small_imdb), "--model", str(tmp_path / "none"),
+                 "--db", db, "--artifacts", str(tmp_path / "art")]) == 1
+    assert "does not exist" in _error_line(capsys)  # the pretrained stage, after the baseline
+    assert [r.spec.stage for r in _runs(db)] == ["baseline"]
