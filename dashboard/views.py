@@ -372,6 +372,31 @@ def at_threshold(preds: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, p
             per_class_frame(per_class_at(labels, probs, threshold)))
 
 
+def class_intervals(confusion: pd.DataFrame, per_class: pd.DataFrame) -> pd.DataFrame:
+    """Per-class metrics (`at_threshold`) with each precision's and recall's n and Wilson 95%
+    interval: a class's recall is a share of its `support` reviews, its precision a share of
+    the `predicted` reviews called that class.
+
+    Returns:
+        class, precision, precision 95% CI, predicted, recall, recall 95% CI, support, f1.
+    """
+    from trainer.metrics import wilson_interval
+
+    rows = []
+    for _, r in per_class.iterrows():
+        cls = r["class"]
+        right = int(confusion.loc[(confusion["true"] == cls) & (confusion["predicted"] == cls),
+                                  "count"].sum())
+        called = int(confusion.loc[confusion["predicted"] == cls, "count"].sum())
+        support = int(confusion.loc[confusion["true"] == cls, "count"].sum())
+        rows.append({"class": cls, "precision": r["precision"],
+                     "precision 95% CI": format_ci(*wilson_interval(right, called)),
+                     "predicted": called, "recall": r["recall"],
+                     "recall 95% CI": format_ci(*wilson_interval(right, support)),
+                     "support": support, "f1": r["f1"]})
+    return pd.DataFrame(rows)
+
+
 def accuracy_at(preds: pd.DataFrame, threshold: float) -> dict[str, Any]:
     """Accuracy of stored predictions at a threshold, with n and Wilson 95% interval
     (`trainer.report.accuracy_of`)."""

@@ -93,7 +93,11 @@ def show_threshold(run: Run, preds) -> float:
     left.altair_chart(charts.confusion_chart(confusion), key="eval_confusion")
     middle.altair_chart(charts.confusion_chart(confusion, normalised=True),
                         key="eval_confusion_norm")
-    right.dataframe(per_class, hide_index=True, key="eval_per_class")
+    number = st.column_config.NumberColumn
+    right.dataframe(views.class_intervals(confusion, per_class), hide_index=True,
+                    key="eval_per_class", column_config={
+                        "predicted": number(help="reviews called this class: n of precision"),
+                        "support": number(help="reviews of this class: n of recall")})
     right.altair_chart(charts.histogram_chart(views.probability_histogram(preds), threshold),
                        key="eval_histogram")
     return threshold

@@ -170,3 +170,19 @@ def test_curve_legends_are_below_and_never_cut() -> None:
     legend = charts.curves_chart(frame, "roc").to_dict()["layer"][1]["encoding"]["color"]["legend"]
     assert legend == {"orient": "bottom", "columns": 1, "labelLimit": 0}
     assert frame["model"].iloc[0] == "TF-IDF baseline: tfidf-logreg (run 1) · 10 test reviews"
+
+
+def test_class_intervals_give_precision_and_recall_their_own_n_and_wilson_interval() -> None:
+    frame = preds([0.1] * 4 + [0.9] + [0.2] * 2 + [0.8] * 3)  # labels alternate 0, 1, …
+    confusion, per_class = views.at_threshold(frame, 0.5)
+    table = views.class_intervals(confusion, per_class).set_index("class")
+    counts = confusion.set_index(["true", "predicted"])["count"]
+    tp, fp = int(counts["positive", "positive"]), int(counts["negative", "positive"])
+    support = int(counts["positive"].sum())
+    assert table.loc["positive", "predicted"] == tp + fp
+    assert table.loc["positive", "support"] == support
+    assert table.loc["positive", "precision 95% CI"] == views.format_ci(
+        *wilson_interval(tp, tp + fp))
+    assert table.loc["positive", "recall 95% CI"] == views.format_ci(
+        *wilson_interval(tp, support))
+    assert table.loc["positive", "recall"] == pytest.approx(tp / support)
