@@ -179,17 +179,24 @@ def edf_chart(frame: pd.DataFrame, objective: str = "objective") -> alt.Chart:
     ).properties(title="empirical distribution (EDF) of the objective", height=280)
 
 
-def timeline_chart(frame: pd.DataFrame, y_title: str = "trial") -> alt.Chart:
-    """When each trial ran: a bar from start to end (now, while running), coloured by state."""
-    width = max(1.0, min(8.0, 240 / max(len(frame), 1)))  # bars as thick as rows allow
+def timeline_chart(frame: pd.DataFrame) -> alt.Chart:
+    """When each trial ran: a bar from start to end (now, while running), coloured by state,
+    one row per worker where the study recorded them, else one per trial."""
+    by_worker = bool((frame["worker"] != "").any()) if "worker" in frame else False
+    rows = frame["worker"].nunique() if by_worker else len(frame)
+    width = max(1.0, min(8.0, 240 / max(rows, 1)))  # bars as thick as rows allow
+    y = alt.Y("worker:N", title="worker (host:process)", axis=alt.Axis(labelLimit=0)) \
+        if by_worker else \
+        alt.Y("number:Q", title="trial", axis=alt.Axis(format="d", tickMinStep=1),
+              scale=alt.Scale(zero=False, nice=False, padding=4, reverse=True))
     return alt.Chart(frame).mark_rule(strokeWidth=width, clip=True).encode(
         x=alt.X("start:T", title="time", axis=alt.Axis(format="%b %d %H:%M", labelAngle=0),
                 scale=alt.Scale(domain=_time_span(frame))),
         x2="end:T",
-        y=alt.Y("number:Q", title=y_title, axis=alt.Axis(format="d", tickMinStep=1),
-                scale=alt.Scale(zero=False, nice=False, padding=4, reverse=True)),
+        y=y,
         color=alt.Color("state:N", scale=STATE_COLORS, legend=legend("state")),
         tooltip=[alt.Tooltip("number:Q", title="trial", format="d"), "state:N",
+                 *(["worker:N"] if by_worker else []),
                  alt.Tooltip("start:T", format="%Y-%m-%d %H:%M:%S"),
                  alt.Tooltip("end:T", format="%Y-%m-%d %H:%M:%S")],
     ).properties(title="timeline of trials", height=320)

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial
 from dashboard.views import LOWER_IS_BETTER
 from storage.records import Run
 from trainer.metrics import wilson_interval
-from trainer.tuning.trials import EPOCH_METRICS
+from trainer.tuning.trials import EPOCH_METRICS, WORKER
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 PARAM_PREFIX = "params_"
@@ -36,7 +36,8 @@ def _value(t: FrozenTrial) -> float:
 
 def trials_table(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
     """One row per trial: number, state, value, duration_s, epochs, started, completed,
-    fail_reason, params_*.
+    fail_reason, worker ("host:pid", empty for trials stored before workers were recorded),
+    params_*.
 
     Args:
         trials: the study's trials.
@@ -51,9 +52,10 @@ def trials_table(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
                      "duration_s": duration, "epochs": len(t.intermediate_values),
                      "started": t.datetime_start, "completed": t.datetime_complete,
                      "fail_reason": str(t.user_attrs.get("fail_reason", "") or ""),
+                     "worker": str(t.user_attrs.get(WORKER, "") or ""),
                      **{PARAM_PREFIX + k: v for k, v in t.params.items()}})
     fixed = ["number", "state", "value", "duration_s", "epochs", "started", "completed",
-             "fail_reason"]
+             "fail_reason", "worker"]
     frame = pd.DataFrame(rows, columns=fixed + sorted({c for r in rows for c in r} - set(fixed)))
     return frame.sort_values("number", kind="stable").reset_index(drop=True)
 
@@ -395,14 +397,14 @@ def edf_frame(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def timeline_frame(table: pd.DataFrame, now: dt.datetime) -> pd.DataFrame:
-    """When each trial ran: number, state, start, end (`now` for a trial still running).
+    """When each trial ran: number, state, worker, start, end (`now` while still running).
 
     Trials that never started (WAITING) are left out.
     """
     started = table[table["started"].notna()]
     end = started["completed"].where(started["completed"].notna(), now)
     return pd.DataFrame({"number": started["number"], "state": started["state"],
-                         "start": pd.to_datetime(started["started"]),
+                         "worker": started["worker"], "start": pd.to_datetime(started["started"]),
                          "end": pd.to_datetime(end)}).reset_index(drop=True)
 
 

@@ -250,8 +250,9 @@ def show_time(table: pd.DataFrame) -> None:
                       "at the pace they had")
     now = dt.datetime.now()  # naive local time, as Optuna stamps a trial's start
     st.altair_chart(sc.timeline_chart(sv.timeline_frame(table, now)), key="study_timeline")
-    st.caption("The worker (host, process) that ran each trial is not recorded in the study, "
-               "so trials are shown by number.")
+    if not (table["worker"] != "").any():
+        st.caption("These trials were run before workers were recorded, so each row is a trial "
+                   "rather than the worker (host:process) that ran it.")
     st.altair_chart(sc.duration_chart(sv.duration_frame(table)), key="study_durations")
 
 

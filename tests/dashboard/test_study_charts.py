@@ -153,3 +153,16 @@ def test_timeline_ends_at_the_last_recorded_event_not_at_a_stale_running_trial()
                                   "seconds": 0}
     assert scale["domain"][1] == {"year": 2026, "month": 1, "date": 1, "hours": 8,
                                   "minutes": 10, "seconds": 30}  # the last start, 5% beyond
+
+
+def test_timeline_rows_are_workers_where_the_study_recorded_them() -> None:
+    start = dt.datetime(2026, 1, 1, 8, 0)
+    frame = pd.DataFrame({"number": [0, 1, 2], "state": ["COMPLETE", "PRUNED", "COMPLETE"],
+                          "worker": ["gpu-1:40", "gpu-2:77", "gpu-1:40"],
+                          "start": [start + dt.timedelta(minutes=m) for m in (0, 1, 6)],
+                          "end": [start + dt.timedelta(minutes=m) for m in (5, 3, 9)]})
+    encoding = spec_of(sc.timeline_chart(frame))["encoding"]
+    assert encoding["y"]["field"] == "worker" and encoding["y"]["type"] == "nominal"
+    assert {"field": "worker", "type": "nominal"} in encoding["tooltip"]
+    before = spec_of(sc.timeline_chart(frame.assign(worker="")))["encoding"]["y"]
+    assert before["field"] == "number" and integer_axis(before)  # older studies: by trial

@@ -28,7 +28,15 @@ from trainer.splits import Split
 from trainer.tuning.artifacts import KEEP_ARTIFACTS, keep_best_artifacts, study_dir_name
 from trainer.tuning.space import resolve_space, suggest
 from trainer.tuning.storage import optuna_storage
-from trainer.tuning.trials import EPOCH_METRICS, FAIL_REASON, TrialRecord, log_trial, quiet_optuna
+from trainer.tuning.trials import (
+    EPOCH_METRICS,
+    FAIL_REASON,
+    WORKER,
+    TrialRecord,
+    log_trial,
+    quiet_optuna,
+    worker_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +371,7 @@ class _Objective:
     def _record(self, trial: optuna.Trial) -> TrialRecord:
         params = suggest(trial, self.config.search_space)
         trial.set_user_attr(EPOCH_METRICS, [])  # a retried trial inherits its original's attrs
+        trial.set_user_attr(WORKER, worker_name())  # the dashboard's timeline, per worker
         return TrialRecord(self.config, self.validation, self.store, self.data_source, trial,
                            params)
 

@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +26,12 @@ log = logging.getLogger(__name__)
 
 EPOCH_METRICS = "epoch_metrics"  # user attr: [{"epoch": 1, "accuracy": …, "loss": …}, …]
 FAIL_REASON = "fail_reason"  # user attr of a FAIL trial that we ended ourselves
+WORKER = "worker"  # user attr: "host:pid" of the process that ran the trial
+
+
+def worker_name() -> str:
+    """This process as a worker: its host name and process id, e.g. "gpu-3:41207"."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from trainer.tuning import artifacts
 from trainer.tuning import space as search_space
 from trainer.tuning import storage as tuning_storage
 from trainer.tuning import study as tuning
-from trainer.tuning.trials import EPOCH_METRICS, FAIL_REASON, log_trial
+from trainer.tuning.trials import EPOCH_METRICS, FAIL_REASON, WORKER, log_trial, worker_name
 
 POSITIVE = ["great", "wonderful", "superb", "loved", "brilliant", "moving"]
 NEGATIVE = ["awful", "boring", "terrible", "hated", "dull", "weak"]
@@ -135,6 +135,7 @@ def test_three_trial_study_stores_validation_runs_with_predictions(
         last_epoch = run.spec.config["epoch"]
         assert run.evaluation.scalars["accuracy"] == t.intermediate_values[last_epoch]
         epochs = t.user_attrs[EPOCH_METRICS]
+        assert t.user_attrs[WORKER] == worker_name()  # the dashboard's timeline rows
         assert [e["epoch"] for e in epochs] == sorted(t.intermediate_values)
         assert all("loss" in e and "roc_auc" in e for e in epochs)
         predictions = store.predictions(run.id)
