@@ -30,13 +30,16 @@ def confusion_chart(frame: pd.DataFrame, normalised: bool = False) -> alt.Chart:
 
 
 def curves_chart(frame: pd.DataFrame, kind: str) -> alt.Chart:
-    """ROC or precision-recall curves (`views.curve_frame` rows, one colour per model)."""
+    """ROC or precision-recall curves (`views.curve_frame` rows, one colour per model); a
+    legend only for several models (one model is named beside the chart: a long label in a
+    narrow column would be cut)."""
     x_title, y_title = ("false positive rate", "true positive rate") if kind == "roc" \
         else ("recall", "precision")
+    legend = FULL_LEGEND if frame["model"].nunique() > 1 else None
     lines = alt.Chart(frame).mark_line().encode(
         x=alt.X("x:Q", title=x_title, scale=alt.Scale(domain=[0, 1])),
         y=alt.Y("y:Q", title=y_title, scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("model:N", title="model", legend=FULL_LEGEND),
+        color=alt.Color("model:N", title="model", legend=legend),
         order="order:Q",
         tooltip=[alt.Tooltip("x:Q", format=".3f", title=x_title),
                  alt.Tooltip("y:Q", format=".3f", title=y_title),

@@ -50,8 +50,11 @@ def show_curves(url: str, run: Run, runs: list[Run], preds: pd.DataFrame | None)
                            format_func=lambda i: "—" if i is None else others[i].label,
                            help="Curves are overlaid only on the reviews both runs scored.")
     roc = roc_frame(url, run, others.get(compare), preds)
-    left, middle, right = st.columns(3)
-    if roc is not None:
+    compared = roc is not None and roc["model"].nunique() > 1
+    if compared:  # full width, so that the legend shows both runs' full names
+        st.altair_chart(charts.curves_chart(roc, "roc"), key="eval_roc")
+    left, middle, right = st.columns(3) if not compared else (None, *st.columns(2))
+    if roc is not None and not compared:
         left.altair_chart(charts.curves_chart(roc, "roc"), key="eval_roc")
     if "pr" in curves:
         middle.altair_chart(charts.curves_chart(
@@ -59,7 +62,9 @@ def show_curves(url: str, run: Run, runs: list[Run], preds: pd.DataFrame | None)
     if "calibration" in curves:
         right.altair_chart(charts.calibration_chart(
             views.curve_frame(curves["calibration"], views.curve_label(run))), key="eval_cal")
-    if not curves:
+    if curves:
+        st.caption(f"Curves of {views.escape_markdown(views.curve_label(run))}.")
+    else:
         st.info("This run has no stored curves.")
 
 

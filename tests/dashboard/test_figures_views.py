@@ -164,12 +164,15 @@ def test_roc_comparison_refuses_runs_that_share_no_review() -> None:
     assert views.roc_comparison(trial, base, None, preds(BASELINE))[0] is None
 
 
-def test_curve_legends_are_below_and_never_cut() -> None:
+def test_curve_legends_are_below_and_never_cut_and_absent_for_one_model() -> None:
     base = stored(1, "baseline", preds(BASELINE))
     frame = views.curve_frame(base.evaluation.curves["roc"], views.curve_label(base))
-    legend = charts.curves_chart(frame, "roc").to_dict()["layer"][1]["encoding"]["color"]["legend"]
-    assert legend == {"orient": "bottom", "columns": 1, "labelLimit": 0}
     assert frame["model"].iloc[0] == "TF-IDF baseline: tfidf-logreg (run 1) · 10 test reviews"
+    one = charts.curves_chart(frame, "roc").to_dict()["layer"][1]["encoding"]["color"]
+    assert one["legend"] is None  # the page names the one model beside the chart
+    two = pd.concat([frame, frame.assign(model="another run · 10 test reviews")])
+    legend = charts.curves_chart(two, "roc").to_dict()["layer"][1]["encoding"]["color"]["legend"]
+    assert legend == {"orient": "bottom", "columns": 1, "labelLimit": 0}
 
 
 def test_class_intervals_give_precision_and_recall_their_own_n_and_wilson_interval() -> None:
