@@ -83,6 +83,35 @@ def trial_runs(url: str, study: str) -> dict[int, Run]:
     return store(url).trial_runs(study)
 
 
+@st.cache_resource(ttl=FRESH_S, show_spinner=False, max_entries=16)
+def trial_run_ids(url: str, study: str) -> dict[int, int]:
+    """Trial number -> the id of its stored run, from a quick listing without metrics."""
+    specs = store(url).run_specs(stage="trial", study=study)
+    return {spec.trial: run_id for run_id, spec in specs.items() if spec.trial is not None}
+
+
+# A run never changes once saved: a trial's run replaced after an epoch gets a new id.
+@st.cache_resource(show_spinner=False, max_entries=64)
+def stored_run(url: str, run_id: int) -> Run:
+    """One stored run, read alone (a trial's diagnostics need not load all 1,000)."""
+    return store(url).get_run(run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def trial_intervals(url: str, study: str, finished: tuple[int, ...]) -> pd.DataFrame:
+    """n and 95% interval of the finished trials' values (study_views.trial_intervals).
+
+    Args:
+        url: the database.
+        study: the study.
+        finished: the finished trials' numbers: their values and runs never change, so the
+            cache is read again only when one more finishes.
+    """
+    _, trials = study_trials(url, study)
+    done = [t for t in trials if t.number in set(finished)]
+    return study_views.trial_intervals(done, trial_runs(url, study))
+
+
 @st.cache_data(ttl=FRESH_S, show_spinner=False, max_entries=4)
 def run_studies(url: str) -> list[str]:
     """Names of the studies that have stored runs, sorted."""

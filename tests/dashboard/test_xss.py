@@ -69,6 +69,7 @@ def test_hostile_review_is_plain_text_in_the_error_browser(open_page: Open,
 def test_typed_review_with_markup_is_highlighted_as_escaped_text(open_page: Open,
                                                                   xss_db: str) -> None:
     at = open_page(xss_db, "live")
+    at.toggle(key="live_explain").set_value(True)  # explanations are computed on demand
     at.text_area(key="live_text").set_value(
         f"{XSS[0]} a wonderful film {XSS[1]} [link](javascript:alert(1)) :red[x] $x$").run()
     assert_rendered_as_text(at)
