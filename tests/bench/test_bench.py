@@ -101,13 +101,17 @@ def test_bench_train_compares_with_the_peer_in_fp32_and_in_bf16(
 def test_bench_infer_compares_eager_and_fast_scoring(
         tiny_model_dir: str, reviews: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = _bench_in_process(capsys, "infer", "--model", tiny_model_dir, "--data", str(reviews),
-                 "--test-size", "24",
+                 "--test-size", "24", "--one-shot", "2",
                  "--single", "4", "--results-dir", str(tmp_path), "--method", "int8")
     by_name = {f["name"]: f for f in out}
-    assert set(by_name) == {"infer_single_p50_ms", "infer_single_p90_ms",
-                            "infer_batch_reviews_per_s", "infer_test_accuracy"}
+    assert set(by_name) == {"infer_one_shot_2_reviews_s", "infer_single_p50_ms",
+                            "infer_single_p90_ms", "infer_batch_reviews_per_s",
+                            "infer_test_accuracy"}
     assert by_name["infer_single_p50_ms"]["higher_is_better"] is False
     assert by_name["infer_test_accuracy"]["config"]["method"] == "int8"
+    one_shot = by_name["infer_one_shot_2_reviews_s"]
+    assert one_shot["ours"] > 0 and one_shot["peer"] > 0 and one_shot["higher_is_better"] is False
+    assert one_shot["config"]["fast_path"] == "eager" and 0 < one_shot["config"]["tokens"] < 40
 
 
 def test_figure_ratio_is_above_one_when_ours_is_better() -> None:

@@ -284,3 +284,23 @@ def test_predict_prints_prob_positive_and_notes_an_untrained_head_once(
         assert line["head"] == "untrained (chance-level)"
         positive = line["score"] if line["label"] == "positive" else 1 - line["score"]
         assert line["prob_positive"] == pytest.approx(positive, abs=2e-6)
+
+
+def test_predict_gives_a_headless_model_the_scores_its_pretrained_run_stored(
+        tmp_path, headless_dir: str, small_imdb, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from trainer.cli import main
+
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    assert main(["--quiet", "pretrained", "--data", str(small_imdb), "--model", headless_dir,
+                 "--db", db, "--test-size", "6", "--max-length", "32", "--seed", "5"]) == 0
+    with open_store(db) as opened:
+        (run,) = opened.list_runs()
+        stored = opened.predictions(run.id).head(2)
+    assert "chance-level" in run.spec.warnings[0]
+    capsys.readouterr()
+    assert main(["predict", *stored["text"], "--model-ref", "pretrained", "--db", db,
+                 "--max-length", "32"]) == 0
+    scores = [json.loads(line)["prob_positive"] for line in capsys.readouterr().out.splitlines()]
+    assert scores == pytest.approx(stored["prob"].tolist(), abs=1e-6)
