@@ -162,12 +162,16 @@ def open_trial_link(s: Session, number: int, name: str = "study: open ?trial=N")
                   lambda: s.text_shown(rf"^Trial {number}: state ").wait_for())
 
 
-def open_study_tab(s: Session, tab: str, chart_title: str, name: str | None = None) -> float:
-    """Click a tab of the study explorer; `chart_title`: a chart only that tab draws."""
-    title = s.page.locator('[data-testid="stVegaLiteChart"] g.role-title text',
-                           has_text=chart_title).first
+def chart_titled(s: Session, title: str):
+    """A locator of the drawn chart title containing `title`."""
+    return s.page.locator('[data-testid="stVegaLiteChart"] g.role-title text',
+                          has_text=title).first
+
+
+def open_study_tab(s: Session, tab: str, expect, name: str | None = None) -> float:
+    """Click a tab of the study explorer; `expect`: a locator only that tab draws."""
     return s.step(name or f"study: open the {tab} tab",
-                  s.page.get_by_role("tab", name=tab, exact=True).click, title.wait_for)
+                  s.page.get_by_role("tab", name=tab, exact=True).click, expect.wait_for)
 
 
 def plot_area(s: Session, chart_title: str) -> dict[str, float]:
@@ -179,9 +183,9 @@ def plot_area(s: Session, chart_title: str) -> dict[str, float]:
 
 
 def brush(s: Session, left: float, right: float, top: float, bottom: float,
-          name: str = "study: brush the parallel coordinates") -> str:
+          name: str = "study: brush the parallel coordinates") -> tuple[float, str]:
     """Drag a box over the parallel-coordinates chart (fractions of its plotting area); returns
-    the caption that counts the trials inside it."""
+    the seconds until the page was drawn again and the caption that counts the trials inside."""
     area = plot_area(s, "parallel coordinates")
     before = s.main_text()
 
@@ -193,8 +197,8 @@ def brush(s: Session, left: float, right: float, top: float, bottom: float,
         s.page.mouse.up()
 
     caption = s.text_shown(r"complete trials inside the brushed range")
-    s.step(name, drag, lambda: _changed(s, caption, before))
-    return caption.inner_text()
+    seconds = s.step(name, drag, lambda: _changed(s, caption, before))
+    return seconds, caption.inner_text()
 
 
 def _changed(s: Session, caption, before: str) -> None:
@@ -264,13 +268,13 @@ def move_threshold(s: Session, name: str = "evaluation: move the threshold") -> 
     return s.step(name, press, shown.wait_for)
 
 
-def choose(s: Session, label: str, option: str, expect, name: str) -> float:
-    """Pick `option` in the selectbox labelled `label`."""
+def choose(s: Session, label: str, option: str | re.Pattern, expect, name: str) -> float:
+    """Pick `option` (its text, or a pattern of it) in the selectbox labelled `label`."""
     box = s.page.get_by_role("combobox", name=label, exact=True)
 
     def pick() -> None:
         box.click()
-        s.page.get_by_role("option", name=option, exact=True).click()
+        s.page.get_by_role("option", name=option, exact=isinstance(option, str)).click()
 
     return s.step(name, pick, expect.wait_for)
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 
 from storage.store import open_store
@@ -22,6 +23,8 @@ from tests.dashboard.browser import dashboard
 OTHER_STUDY = "imdb-finetune-rerun"
 PAGES = {"/": "Overview", "/study": "Study explorer", "/evaluation": "Evaluation",
          "/live": "Live prediction", "/data": "Data & models"}
+ENCODER = "sentence-transformers/all-MiniLM-L6-v2"  # listed by its hub id; never loaded here
+UNTRAINED_WARNING = "the model has a new, untrained sentiment head: its score is chance"
 NEGATIVE_REVIEW = "Dull, boring and painful: an awful, tedious film with a clumsy script."
 UPLOADED = 'id,text,source\n7,"A wonderful, moving film.",imdb\n' \
            '8,"Dull and boring, an awful mess.",imdb\n9,"Superb cast; charming.",letterboxd\n'
@@ -39,8 +42,9 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def seeded_db(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Three stages on 1,000 reviews written with IMDB's <br /> breaks (a real saved baseline),
-    a 300-trial study with its trial runs, and a second, smaller study."""
+    """Three stages on 1,000 reviews written with IMDB's <br /> breaks (a real saved baseline; a
+    hub encoder whose sentiment head was never trained), a 300-trial study with its trial runs,
+    and a second, smaller study."""
     folder = tmp_path_factory.mktemp("playwright")
     url = f"sqlite:///{folder / 'seeded.db'}"
     plain = builders.synthetic_reviews(1000)
@@ -48,6 +52,8 @@ def seeded_db(tmp_path_factory: pytest.TempPathFactory) -> str:
                                tuple(f"{t}<br /><br />Second paragraph." for t in plain.texts))
     with open_store(url) as store:
         builders.fill_stages(store, reviews, folder / "artifacts")
+        builders.save_stage(store, "pretrained", reviews, 0.0, seed=4, model=ENCODER,
+                            artifact=ENCODER, warnings=(UNTRAINED_WARNING,))
         study = builders.add_study(url, builders.STUDY,
                                    builders.make_trials(300, seed=7, running=0))
         builders.add_trial_runs(store, study, builders.synthetic_reviews(100, seed=5))
@@ -135,23 +141,23 @@ def test_trial_table_has_readable_columns_and_significant_digits(visitor: pw.Ses
 
 
 @pytest.mark.slow
-def test_filters_reset_when_the_study_changes(visitor: pw.Session) -> None:
+def test_filters_reset_when_the_study_changes(visitor: pw.Session, seeded_db: str) -> None:
     visitor.open("study: trials", "/study", "Study explorer")
     pw.remove_state(visitor, "FAIL")
     tags = visitor.page.locator('[data-testid="stMultiSelect"] [data-tag]')
     assert "FAIL" not in tags.all_inner_texts()
-    pw.choose(visitor, "Study", OTHER_STUDY, visitor.text_shown(r"^Best: trial \d+"),
+    best = optuna.load_study(study_name=OTHER_STUDY, storage=seeded_db).best_trial.number
+    pw.choose(visitor, "Study", OTHER_STUDY, visitor.text_shown(rf"^Best: trial {best}, "),
               "study: switch to another study")
-    visitor.page.locator('[data-testid="stMultiSelect"] [data-tag]', has_text="FAIL").wait_for()
     assert sorted(tags.all_inner_texts()) == sorted(
-        ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"])
-    assert "complete trials" in visitor.main_text()
+        ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]), \
+        "the States filter kept the other study's selection"
 
 
 @pytest.mark.slow
 def test_history_and_time_charts_count_trials_in_whole_numbers(visitor: pw.Session) -> None:
     visitor.open("study: trials", "/study", "Study explorer")
-    pw.open_study_tab(visitor, "History", "optimisation history")
+    pw.open_study_tab(visitor, "History", pw.chart_titled(visitor, "optimisation history"))
     history = visitor.chart("optimisation history")
     ticks = _labels(_axis(history, "trial"))
     assert ticks and all(re.fullmatch(r"\d[\d,]*", t) for t in ticks), ticks
@@ -161,7 +167,7 @@ def test_history_and_time_charts_count_trials_in_whole_numbers(visitor: pw.Sessi
         _axis(visitor.chart("intermediate values"), "epoch")))
     visitor.chart("empirical distribution (EDF)")
     _assert_nothing_cut(visitor)
-    pw.open_study_tab(visitor, "Time", "timeline of trials")
+    pw.open_study_tab(visitor, "Time", pw.chart_titled(visitor, "timeline of trials"))
     timeline = visitor.chart("timeline of trials")
     assert all(re.fullmatch(r"\d[\d,]*", t) for t in _labels(_axis(timeline, "trial")))
     assert _labels(_axis(timeline, "time"))
@@ -170,7 +176,8 @@ def test_history_and_time_charts_count_trials_in_whole_numbers(visitor: pw.Sessi
 @pytest.mark.slow
 def test_parameter_axes_and_brushing_filter_the_trials(visitor: pw.Session) -> None:
     visitor.open("study: trials", "/study", "Study explorer")
-    pw.open_study_tab(visitor, "Hyperparameters", "parallel coordinates")
+    pw.open_study_tab(visitor, "Hyperparameters",
+                      pw.chart_titled(visitor, "parallel coordinates"))
     parallel = visitor.chart("parallel coordinates")
     axes = [label for a in parallel["axes"] for label in a["labels"]]
     assert axes[-1] == "objective" and "learning rate" in axes, axes
@@ -183,7 +190,7 @@ def test_parameter_axes_and_brushing_filter_the_trials(visitor: pw.Session) -> N
     visitor.chart("contour")
     _assert_nothing_cut(visitor)
 
-    caption = pw.brush(visitor, 0.0, 0.3, 0.2, 0.8)
+    _, caption = pw.brush(visitor, 0.0, 0.3, 0.2, 0.8)
     inside, complete = (int(n.replace(",", "")) for n in
                         re.match(r"([\d,]+) of ([\d,]+) complete trials", caption).groups())
     assert 0 < inside < complete, caption
@@ -231,3 +238,9 @@ def test_live_review_and_csv_keep_their_results(visitor: pw.Session, tmp_path: P
     # The results stay after the download, beside the model's accuracy.
     visitor.page.get_by_role("button", name="Download the results as CSV").wait_for()
     assert re.search(r"test accuracy 0\.\d{3} ± 0\.\d{3}", visitor.main_text())
+
+    # The encoder whose head was never trained is listed, and picked, with its warning.
+    pw.choose(visitor, "Model for the file", re.compile(r"head not trained: chance-level$"),
+              visitor.text_shown(r"sentiment head was never trained"),
+              "live: pick the untrained model")
+    assert "coin tosses" in visitor.main_text()
