@@ -2,10 +2,15 @@
 
 The browser test (tests/dashboard/test_playwright.py) and `python -m bench dashboard --browser`
 walk the same steps below, so the timings printed are those of the behaviour asserted.
+
+    python -m tests.dashboard.playwright_browser DATABASE_URL OUT_DIR
+
+saves the README's screenshots of every page (dashboard/screenshots) into OUT_DIR.
 """
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +41,9 @@ CHARTS_JS = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChar
         labels: texts(l, '.role-legend-label text')})),
       texts: texts(svg, 'text')};
   })"""
+SAMPLE_CSV = ('id,text,source\n1,"A wonderful, moving film; the cast is superb.",imdb\n'
+              '2,"Dull and boring: an awful, tedious mess.",imdb\n'
+              '3,"Charming and funny, if a little long.",letterboxd\n')
 REVIEW = ("I expected little from this film, but the cast is wonderful and the story moving; "
           "only the ending drags a bit.")
 
@@ -146,12 +154,17 @@ class Session:
                                  f"{[c['title'] for c in self.charts()]}")
         return found[0]
 
-    def screenshot(self, path: Path, height: int = 1800) -> None:
-        """The page as drawn, at `height` pixels tall (Streamlit scrolls inside its main area)."""
+    def screenshot(self, path: Path, max_height: int = 3000) -> None:
+        """The whole page as drawn, up to `max_height` pixels (Streamlit scrolls inside its main
+        area, so the window is made as tall as the content)."""
         width = self.page.viewport_size["width"]
-        self.page.set_viewport_size({"width": width, "height": height})
+        content = self.page.locator('[data-testid="stMainBlockContainer"]').evaluate(
+            "e => e.scrollHeight")
+        self.page.set_viewport_size({"width": width, "height": min(content + 80, max_height)})
+        self.page.evaluate("document.activeElement && document.activeElement.blur()")
         self.settle()
         self.page.screenshot(path=str(path))
+        self.page.set_viewport_size({"width": width, "height": 1000})
 
 
 # The steps a visitor takes; each waits for what proves the app answered, then for a drawn page.
@@ -285,3 +298,65 @@ def remove_state(s: Session, state: str, name: str = "study: filter out a state"
         "button", name=f"Remove {state}", exact=True)
     gone = s.page.locator('[data-testid="stMultiSelect"] [data-tag]', has_text=state)
     return s.step(name, chip.click, lambda: gone.wait_for(state="detached"))
+
+
+def screenshots(s: Session, out: Path, trial: int, csv_file: Path) -> list[Path]:
+    """The README's pictures of each page, in states that show what the page is for."""
+    shots = []
+
+    def shot(name: str) -> None:
+        shots.append(out / f"{name}.png")
+        s.screenshot(shots[-1])
+
+    s.open("overview", "/", "Overview")
+    shot("overview")
+    open_trial_link(s, trial)
+    shot("study-trials")
+    open_study_tab(s, "History", chart_titled(s, "optimisation history"))
+    shot("study-history")
+    open_study_tab(s, "Hyperparameters", chart_titled(s, "parallel coordinates"))
+    brush(s, 0.0, 0.3, 0.05, 0.45)
+    shot("study-explorer")
+    open_study_tab(s, "Time", chart_titled(s, "timeline of trials"))
+    shot("study-time")
+    s.open("evaluation", "/evaluation", "Evaluation")
+    shot("evaluation")
+    s.open("live", "/live", "Live prediction")
+    s.page.get_by_text("Explain this prediction").click()
+    classify_review(s, REVIEW, "positive", "live: a review, explained")
+    shot("live")
+    open_live_tab(s, "A CSV file", s.page.locator('[data-testid="stFileUploader"]'),
+                  "live: CSV tab")
+    upload_csv(s, csv_file)
+    classify_file(s)
+    shot("live-csv")
+    s.open("data", "/data", "Data & models")
+    shot("data")
+    return shots
+
+
+def main(argv: list[str]) -> int:
+    from tests.dashboard.browser import dashboard
+
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    import optuna
+
+    url, out = argv[0], Path(argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    name = sorted(optuna.study.get_all_study_names(url))[0]
+    trial = optuna.load_study(study_name=name, storage=url).best_trial.number
+    csv_file = out / "reviews.csv"
+    csv_file.write_text(SAMPLE_CSV, encoding="utf-8")
+    with dashboard(url, out / "streamlit.log", toolbar=None) as base, \
+            chromium_page() as page:
+        for path in screenshots(Session(page, base), out, trial, csv_file):
+            print(path)
+    csv_file.unlink()
+    (out / "streamlit.log").unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
