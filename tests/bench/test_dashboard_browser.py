@@ -40,7 +40,8 @@ def small_study_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     with open_store(url) as store:
         builders.fill_stages(store, builders.synthetic_reviews(300), folder / "artifacts")
         study = builders.add_study(url, builders.STUDY, builders.make_trials(40, running=0))
-        builders.add_trial_runs(store, study, builders.synthetic_reviews(80, seed=5))
+        validation = builders.synthetic_reviews(80, seed=5, prefix="train")
+        builders.add_trial_runs(store, study, validation)
     return url
 
 

@@ -292,6 +292,11 @@ def choose(s: Session, label: str, option: str | re.Pattern, expect, name: str) 
     return s.step(name, pick, expect.wait_for)
 
 
+def click_and_wait(s: Session, name: str, target, expect) -> float:
+    """Click `target` (a locator) and wait for `expect` and a drawn page."""
+    return s.step(name, target.click, expect.wait_for)
+
+
 def remove_state(s: Session, state: str, name: str = "study: filter out a state") -> float:
     """Remove one state from the trials table's States filter."""
     chip = s.page.locator('[data-testid="stMultiSelect"]').get_by_role(

@@ -56,7 +56,8 @@ def seeded_db(tmp_path_factory: pytest.TempPathFactory) -> str:
                             artifact=ENCODER, warnings=(UNTRAINED_WARNING,))
         study = builders.add_study(url, builders.STUDY,
                                    builders.make_trials(300, seed=7, running=0))
-        builders.add_trial_runs(store, study, builders.synthetic_reviews(100, seed=5))
+        validation = builders.synthetic_reviews(100, seed=5, prefix="train")
+        builders.add_trial_runs(store, study, validation)
         builders.add_study(url, OTHER_STUDY, builders.make_trials(30, seed=3, running=0))
     return url
 
@@ -211,6 +212,25 @@ def test_evaluation_errors_show_their_total_and_line_breaks(visitor: pw.Session)
     pw.move_threshold(visitor)
     assert re.search(r"accuracy 0\.\d{3} 95% CI \[.*\] on 1,000 test reviews at threshold 0.51",
                      visitor.main_text())
+    _assert_nothing_cut(visitor)
+
+
+@pytest.mark.slow
+def test_roc_curves_are_overlaid_only_on_the_same_reviews(visitor: pw.Session) -> None:
+    baseline = re.compile(r"^TF-IDF baseline")
+    visitor.open("evaluation", "/evaluation", "Evaluation")
+    pw.click_and_wait(visitor, "evaluation: pick a trial",
+                      visitor.page.get_by_text("a tuning trial", exact=True),
+                      visitor.page.get_by_role("combobox", name="Trial", exact=True))
+    pw.choose(visitor, "Compare the ROC curve with", baseline,
+              visitor.text_shown(r"^Not overlaid: the two runs share no review"),
+              "evaluation: compare a trial with a stage")
+    assert re.search(r"scored 100 validation reviews, TF-IDF baseline.* 1,000 test reviews",
+                     visitor.main_text())
+    visitor.open("evaluation", "/evaluation", "Evaluation")
+    pw.choose(visitor, "Compare the ROC curve with", baseline,
+              visitor.text_shown(r"^Both curves are on the same 1,000 test reviews"),
+              "evaluation: compare two stages")
     _assert_nothing_cut(visitor)
 
 
