@@ -230,6 +230,11 @@ def grid_csv(s: Session, grid) -> str:
     return Path(download.value.path()).read_text(encoding="utf-8-sig")
 
 
+def grid_cut(grid) -> bool:
+    """Whether a dataframe's columns are wider than its box (the rightmost cut off)."""
+    return grid.locator(".dvn-scroller").evaluate("e => e.scrollWidth > e.clientWidth + 1")
+
+
 def classify_review(s: Session, text: str, label: str, name: str) -> float:
     """Type a review, submit it (Ctrl+Enter) and wait for the expected label's verdict."""
     box = s.page.get_by_label("Review (up to", exact=False)

@@ -58,7 +58,7 @@ def seeded_db(tmp_path_factory: pytest.TempPathFactory) -> str:
                                    builders.make_trials(300, seed=7, running=0))
         validation = builders.synthetic_reviews(100, seed=5, prefix="train")
         builders.add_trial_runs(store, study, validation)
-        builders.add_study(url, OTHER_STUDY, builders.make_trials(30, seed=3, running=0))
+        builders.add_study(url, OTHER_STUDY, builders.make_trials(15, seed=3, running=0))
     return url
 
 
@@ -83,6 +83,12 @@ def _labels(axis: dict) -> list[str]:
 
 def _axis(chart: dict, title: str) -> dict:
     return next(a for a in chart["axes"] if a["title"] == title)
+
+
+def _switch_to_other_study(s: pw.Session, url: str) -> None:
+    best = optuna.load_study(study_name=OTHER_STUDY, storage=url).best_trial.number
+    pw.choose(s, "Study", OTHER_STUDY, s.text_shown(rf"^Best: trial {best}, "),
+              "study: switch to another study")
 
 
 def _assert_nothing_cut(s: pw.Session) -> None:
@@ -112,6 +118,8 @@ def test_overview_tiles_show_their_n_and_interval(visitor: pw.Session) -> None:
     shown = re.findall(r"95% CI \[0\.\d{3}, 0\.\d{3}\] · the same 1,000 test reviews", text)
     assert len(shown) == 3, text[:1500]
     assert "McNemar" in text and re.search(r"p [<=] [\d.]+, on 1,000 test reviews", text)
+    tests = visitor.page.locator('[data-testid="stDataFrame"]').last  # McNemar's, last
+    assert not pw.grid_cut(tests), "the McNemar table's last column is cut off"
     assert "`" not in text  # commands are drawn as code, not as literal backticks
 
 
@@ -147,12 +155,21 @@ def test_filters_reset_when_the_study_changes(visitor: pw.Session, seeded_db: st
     pw.remove_state(visitor, "FAIL")
     tags = visitor.page.locator('[data-testid="stMultiSelect"] [data-tag]')
     assert "FAIL" not in tags.all_inner_texts()
-    best = optuna.load_study(study_name=OTHER_STUDY, storage=seeded_db).best_trial.number
-    pw.choose(visitor, "Study", OTHER_STUDY, visitor.text_shown(rf"^Best: trial {best}, "),
-              "study: switch to another study")
+    _switch_to_other_study(visitor, seeded_db)
     assert sorted(tags.all_inner_texts()) == sorted(
         ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]), \
         "the States filter kept the other study's selection"
+
+
+@pytest.mark.slow
+def test_importance_is_not_drawn_below_its_minimum_trials(visitor: pw.Session,
+                                                          seeded_db: str) -> None:
+    visitor.open("study: trials", "/study", "Study explorer")
+    _switch_to_other_study(visitor, seeded_db)
+    pw.open_study_tab(visitor, "Importance", visitor.text_shown(r"^Importance is not drawn"))
+    assert re.search(r"only \d+ complete trials have this target, and it needs at least 20",
+                     visitor.main_text())
+    assert not [c for c in visitor.charts() if "importance" in c["title"]]
 
 
 @pytest.mark.slow
@@ -164,8 +181,10 @@ def test_history_and_time_charts_count_trials_in_whole_numbers(visitor: pw.Sessi
     assert ticks and all(re.fullmatch(r"\d[\d,]*", t) for t in ticks), ticks
     states = next(g for g in history["legends"] if g["title"] == "state")["labels"]
     assert "PRUNED" in states  # pruned trials are drawn, at their last value
-    assert all(re.fullmatch(r"\d+", t) for t in _labels(
-        _axis(visitor.chart("intermediate values"), "epoch")))
+    lines = visitor.chart("intermediate values")
+    assert all(re.fullmatch(r"\d+", t) for t in _labels(_axis(lines, "epoch")))
+    best = next(g for g in lines["legends"] if g["title"] == "best")["labels"]
+    assert any(label.endswith("(best 1)") for label in best), best  # highlighted over the mass
     visitor.chart("empirical distribution (EDF)")
     _assert_nothing_cut(visitor)
     pw.open_study_tab(visitor, "Time", pw.chart_titled(visitor, "timeline of trials"))
