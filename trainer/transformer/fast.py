@@ -31,10 +31,10 @@ METHODS = ("auto", "int8", "bf16", "fp32")
 # bench/results/README.md.
 NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
 VNNI = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-# Preparing (fusing, int8 or bf16, tracing) takes seconds that only enough tokens earn back;
-# below this many, eager fp32 finishes first. Measured in one-shot `predict` calls on 2 cores:
-# bench/results/README.md.
-FAST_MIN_TOKENS = 40_000
+# Preparing (fusing, int8 or bf16, tracing) takes seconds that only enough tokens earn back:
+# break-even fell between 22,000 and 51,000 tokens on 2 shared EPYC cores; a margin above it
+# keeps --fast never slower (bench/results/README.md).
+FAST_MIN_TOKENS = 60_000
 COUNT_CHUNK = 256  # reviews tokenised at a time while counting: stops soon after the threshold
 
 
