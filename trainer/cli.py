@@ -205,7 +205,9 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens kept per review by a transformer model (default 256)")
     p.add_argument("--fast", action="store_true",
                    help="on a CPU, score with bf16 or int8: several times faster for many "
-                        "reviews; probabilities may differ from fp32 in the second decimal")
+                        "reviews; probabilities may differ from fp32 in the second decimal. "
+                        "Preparing takes seconds, so a call with too little work to earn that "
+                        "back is scored exactly as without it")
     p.add_argument("--model", action=RefusedFlag,
                    message="predict classifies with a stored model; choose it with --model-ref "
                            f"({REF_HELP}), not --model")

@@ -288,7 +288,7 @@ class _BaselinePredictor:
 
 class _TransformerPredictor:
     def __init__(self, run: Run, max_length: int, fast: bool = False,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, fast_min_tokens: int | None = None) -> None:
         from trainer.transformer import model as transformer
 
         self.name = run.label
@@ -300,9 +300,10 @@ class _TransformerPredictor:
         self.notes = (*self._clf.notes, *_head_notes(self._clf.new_head, self.name, seed))
         self._fast = None
         if fast and self._clf.device == "cpu":
-            from trainer.transformer.fast import WorkSizedScorer
+            from trainer.transformer.fast import FAST_MIN_TOKENS, WorkSizedScorer
 
-            self._fast = WorkSizedScorer(self._clf, max_length=max_length)
+            least = FAST_MIN_TOKENS if fast_min_tokens is None else fast_min_tokens
+            self._fast = WorkSizedScorer(self._clf, max_length=max_length, min_tokens=least)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         from trainer.transformer.model import predict_proba
@@ -326,7 +327,8 @@ def _head_notes(new_head: bool, name: str, seed: int) -> tuple[str, ...]:
 
 
 def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None = None,
-                   fast: bool = False, seed: int | None = None) -> Predictor:
+                   fast: bool = False, seed: int | None = None,
+                   fast_min_tokens: int | None = None) -> Predictor:
     """Load the model a reference names, ready to classify.
 
     Args:
@@ -339,6 +341,8 @@ def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None 
             1e-2 of fp32) once a call brings enough tokens to earn its preparation back;
             explanations stay fp32.
         seed: seeds a checkpoint's new head; None: the seed the run was scored with.
+        fast_min_tokens: the tokens one call must bring to prepare the fast path (None:
+            FAST_MIN_TOKENS, for one-shot calls; 0: at the first call, for a long-lived server).
 
     Returns:
         The predictor; its untrained_head and notes say what to tell the user.
@@ -352,7 +356,7 @@ def load_predictor(store, ref: str, *, max_length: int = 256, study: str | None 
         raise TrainerError(f"cannot load {ref}: {reason}; train it again")
     if run.spec.stage == Stage.BASELINE:
         return _BaselinePredictor(run)
-    return _TransformerPredictor(run, max_length, fast, seed)
+    return _TransformerPredictor(run, max_length, fast, seed, fast_min_tokens)
 
 
 def label_of(prob: float, threshold: float = 0.5) -> tuple[str, float]:
