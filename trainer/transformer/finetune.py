@@ -71,8 +71,8 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
         raise ConfigError(f"got {len(val_texts)} validation texts but {len(val_labels)} labels; "
                           f"pass one label each")
     device = device or default_device()
-    set_seed(seed)  # before loading: a new head is initialised from the global RNG
-    clf = load_classifier(model, device=device)
+    set_seed(seed)  # shuffling and dropout
+    clf = load_classifier(model, device=device, seed=seed)  # a new head drawn from seed
     fast = engine in ("auto", "fast")
     trainer = None
     try:
