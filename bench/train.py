@@ -249,8 +249,9 @@ def run_ours(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
         positive_index=clf.positive_index, device=args.device), args.device)
     accuracy = float(np.mean((probs >= 0.5) == (np.asarray(test.labels) == 1)))
     config = {"epochs": args.epochs, **params, "max_length": args.max_length,
-              "compile": args.compile, "precision": "bf16 autocast" if
-              args.device.startswith("cuda") or native_bf16() else "fp32", "padding": "length buckets of 64",
+              "compile": args.compile, "padding": "length buckets of 64",
+              "precision": "bf16 autocast" if args.device.startswith("cuda") or native_bf16()
+              else "fp32",
               "train_size": len(train), "test_size": len(test)}
     return {"warm_samples_per_s": warm, "epoch_wall_s": wall / args.epochs,
             "test_accuracy": accuracy, "predict_reviews_per_s": len(test) / predict_s,

@@ -70,3 +70,15 @@ def tiny_model_dir_factory(
 def tiny_model_dir(tiny_model_dir_factory: Callable[..., str]) -> str:
     """A tiny random BERT sentiment classifier (NEGATIVE/POSITIVE) saved as safetensors."""
     return tiny_model_dir_factory("tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def headless_dir(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny BERT encoder saved without a classification head (a new one on every load)."""
+    import transformers
+
+    directory = tmp_path_factory.mktemp("headless")
+    config = transformers.AutoConfig.from_pretrained(tiny_model_dir)
+    transformers.BertModel(config).save_pretrained(directory)
+    transformers.AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(directory)
+    return str(directory)

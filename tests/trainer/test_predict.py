@@ -208,18 +208,6 @@ def test_model_choice_and_stored_run_carry_the_same_label(store: Store) -> None:
 # ---------------------------------------------------------------- transformer predictors
 
 
-@pytest.fixture(scope="module")
-def headless_dir(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The tiny BERT encoder saved without a classification head."""
-    import transformers
-
-    directory = tmp_path_factory.mktemp("headless")
-    config = transformers.AutoConfig.from_pretrained(tiny_model_dir)
-    transformers.BertModel(config).save_pretrained(directory)
-    transformers.AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(directory)
-    return str(directory)
-
-
 def test_a_headless_pretrained_model_scores_alike_on_every_load_and_says_it_is_untrained(
         store: Store, headless_dir: str) -> None:
     save(store, "pretrained", artifact=headless_dir, config={"seed": 3})

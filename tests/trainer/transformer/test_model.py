@@ -148,16 +148,6 @@ def test_encoder_without_head_loads_with_new_head(tmp_path: Path, tiny_model_dir
     assert bare.model.config.id2label == {0: "NEGATIVE", 1: "POSITIVE"}
 
 
-@pytest.fixture(scope="module")
-def headless_dir(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The tiny BERT encoder saved without a classification head."""
-    directory = tmp_path_factory.mktemp("headless")
-    config = transformers.AutoConfig.from_pretrained(tiny_model_dir)
-    transformers.BertModel(config).save_pretrained(directory)
-    transformers.AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(directory)
-    return str(directory)
-
-
 def test_a_headless_checkpoint_scores_a_review_the_same_on_every_load(headless_dir: str) -> None:
     scores = [transformer.predict_proba(transformer.load_classifier(headless_dir, device="cpu"),
                                         REVIEWS, max_length=32) for _ in range(2)]
