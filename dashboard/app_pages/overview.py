@@ -62,12 +62,20 @@ def show_tests(latest: dict, preds: dict) -> None:
     number = st.column_config.NumberColumn
     st.dataframe(shown[["comparison", "n", "accuracy_before", "accuracy_after", "b", "c", "p"]],
                  hide_index=True, key="overview_tests",
-                 column_config={"n": number("shared reviews (n)", format="%d"),
-                                "accuracy_before": number("accuracy of the first", format="%.3f"),
-                                "accuracy_after": number("accuracy of the second",
-                                                         format="%.3f"),
-                                "b": number("only the first right", format="%d"),
-                                "c": number("only the second right", format="%d")})
+                 # Short headers and fixed widths: the seven columns fit a laptop's page
+                 # instead of scrolling the p value out of sight; help= says the rest.
+                 column_config={
+                     "comparison": st.column_config.TextColumn("comparison", width="medium"),
+                     "n": number("shared reviews (n)", format="localized", width="small",
+                                 help="reviews both models scored"),
+                     "accuracy_before": number("accuracy, first", format="%.3f", width="small",
+                                               help="the first model's accuracy on them"),
+                     "accuracy_after": number("accuracy, second", format="%.3f", width="small",
+                                              help="the second model's accuracy on them"),
+                     "b": number("only first right", format="localized", width="small"),
+                     "c": number("only second right", format="localized", width="small"),
+                     "p": st.column_config.TextColumn("p (exact)", width="small",
+                                                      help="McNemar's exact test")})
     st.caption("Each pair on the n reviews both scored, so accuracies here can differ from a "
                "model's figure on all its reviews.")
     if len(tests) > 1:  # the first is the headline above the table

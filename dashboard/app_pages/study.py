@@ -17,6 +17,9 @@ TRIAL_PARAM = "trial"  # ?trial=N opens that trial's diagnostics
 SCOPED_KEYS = ("study_states", "study_sort", "study_descending", "study_table", "study_trial",
                "study_parallel", "study_contour_x", "study_contour_y")
 
+FILTER_DEFAULTS = {"study_states": list(sv.STATES), "study_sort": "number",
+                   "study_descending": False}
+
 st.title("Study explorer")
 url = widgets.database_url()
 
@@ -30,6 +33,9 @@ def reset_on_change(url: str, name: str) -> None:
         st.query_params.pop(TRIAL_PARAM, None)
     for key in SCOPED_KEYS:
         state.pop(key, None)
+    # Popping a widget's key is not enough where the browser still holds its old value (it
+    # sends it back on the next click): the filters get their defaults written in.
+    state.update(FILTER_DEFAULTS)
     state[SCOPE_KEY] = scope
 
 
@@ -50,7 +56,7 @@ def show_counts(table: pd.DataFrame, direction: str) -> None:
 
 def show_trials(url: str, name: str, table: pd.DataFrame, direction: str) -> None:
     left, middle, right = st.columns([3, 1, 1])
-    states = left.multiselect("States", sv.STATES, default=list(sv.STATES), key="study_states")
+    states = left.multiselect("States", sv.STATES, key="study_states")
     sortable = ["number", "value", "n", "duration_s", "epochs", "started",
                 *(c for c in table.columns if c.startswith(sv.PARAM_PREFIX))]
     by = middle.selectbox("Sort by", sortable, key="study_sort", format_func=column_label)
