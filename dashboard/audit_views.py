@@ -10,7 +10,8 @@ import pandas as pd
 
 from dashboard.views import format_ci, format_p, safe_csv
 from storage.records import CLASS_NAMES, STAGES, Audit, Run, Stage
-from trainer.report import ReviewDiff, deduplicated_accuracy
+from trainer.comparison import ReviewDiff
+from trainer.report import deduplicated_accuracy
 
 SCOPES = ("train", "test", "cross")  # a duplicate group's members: in one split, or in both
 DUPLICATE_KINDS = ("exact", "near")
@@ -271,7 +272,7 @@ def diff_table(diff: ReviewDiff, name_a: str, name_b: str,
     """The review diff as shown: which model is right, both probabilities, the text.
 
     Args:
-        diff: `trainer.report.review_diff` of runs A and B.
+        diff: `trainer.comparison.review_diff` of runs A and B.
         name_a, name_b: the two runs' names.
         limit: at most this many rows, the largest probability gap first.
 

@@ -97,7 +97,7 @@ def shared_figures(latest: Mapping[Stage, Run],
     Returns:
         run id -> n, accuracy, accuracy_ci95, with; empty when the stages share no review.
     """
-    from trainer.report import shared_accuracies
+    from trainer.comparison import shared_accuracies
 
     return shared_accuracies({run.id: preds[run.id] for run in latest.values()})
 
@@ -145,8 +145,8 @@ def _tile(row: str, stage: Stage, label: str, accuracy: float | None,
 
 def shortfall(latest: Mapping[Stage, Run], shared: Mapping[int, Mapping[str, Any]]) -> str | None:
     """Why the fine-tuned model scores below the baseline on the same reviews, or None
-    (`trainer.report.shortfall_sentence`)."""
-    from trainer.report import shortfall_sentence
+    (`trainer.comparison.shortfall_sentence`)."""
+    from trainer.comparison import shortfall_sentence
 
     base, tuned = latest.get(Stage.BASELINE), latest.get(Stage.FINETUNED)
     if base is None or tuned is None or base.id not in shared or tuned.id not in shared:
@@ -335,7 +335,7 @@ def stage_comparisons(latest: Mapping[Stage, Run],
         b, c, p_value, sentence (b: reviews only the earlier stage got right; c: only the
         later one).
     """
-    from trainer.report import paired_mcnemar
+    from trainer.comparison import paired_mcnemar
 
     rows = []
     for before, after in COMPARISONS:
@@ -399,8 +399,8 @@ def class_intervals(confusion: pd.DataFrame, per_class: pd.DataFrame) -> pd.Data
 
 def accuracy_at(preds: pd.DataFrame, threshold: float) -> dict[str, Any]:
     """Accuracy of stored predictions at a threshold, with n and Wilson 95% interval
-    (`trainer.report.accuracy_of`)."""
-    from trainer.report import accuracy_of
+    (`trainer.comparison.accuracy_of`)."""
+    from trainer.comparison import accuracy_of
 
     return accuracy_of(preds, threshold)
 
@@ -476,7 +476,7 @@ def roc_comparison(run: Run, other: Run, preds: pd.DataFrame | None,
     Returns:
         (`curves_frame`-like rows with each legend naming its n, or None when refused; the note).
     """
-    from trainer.report import shared_accuracies
+    from trainer.comparison import shared_accuracies
 
     sizes = (f"{run.label} scored {run.evaluation.n:,} {run.spec.split} reviews, "
              f"{other.label} {other.evaluation.n:,} {other.spec.split} reviews")

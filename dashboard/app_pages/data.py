@@ -5,8 +5,8 @@ import streamlit as st
 
 from dashboard import audit_views, charts, resources, views, widgets
 from storage.records import Audit, Run
+from trainer.comparison import review_diff
 from trainer.errors import TrainerError
-from trainer.report import review_diff
 
 AUDIT_HINT = ("Run `python -m trainer audit` to fill it (it reuses the stored stages: run "
               "`python -m trainer run` or `python -m trainer baseline` first).")

@@ -11,7 +11,7 @@ import pytest
 from dashboard import audit_views, charts
 from storage.records import Evaluation, Run, RunSpec
 from tests.dashboard.audit_builders import HOSTILE, METHOD, sample_audit
-from trainer.report import review_diff
+from trainer.comparison import review_diff
 
 
 def make_run(run_id: int, stage: str, split: str = "test", n: int = 4, **kw) -> Run:

@@ -12,7 +12,7 @@ from dashboard import views
 from storage.records import ClassMetrics, Curve, Evaluation, Run, RunSpec, Stage
 from storage.store import open_store
 from trainer import predict
-from trainer.report import mcnemar_against
+from trainer.comparison import mcnemar_against
 
 
 def make_run(run_id: int, stage: str, accuracy: float = 0.8, **spec: object) -> Run:
@@ -95,7 +95,7 @@ def test_stage_comparisons_skip_runs_scored_on_other_reviews_or_labels() -> None
 
 
 def test_overview_and_cli_summary_give_the_same_mcnemar_test() -> None:
-    """Both pair the runs through trainer.report.paired_mcnemar: same reviews, same p."""
+    """Both pair the runs through trainer.comparison.paired_mcnemar: same reviews, same p."""
     labels = [0, 1, 1, 0, 1, 0, 1, 1]
     frames = {1: preds(labels, [0.6, 0.4, 0.7, 0.2, 0.3, 0.8, 0.9, 0.4]),
               2: preds(labels, [0.1, 0.9, 0.8, 0.3, 0.7, 0.1, 0.2, 0.6])[::-1].head(7)}

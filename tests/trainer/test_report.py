@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from storage.records import Evaluation, Run, RunSpec
+from trainer.comparison import mcnemar_against, paired_mcnemar, review_diff
 from trainer.errors import TrainerError
-from trainer.report import mcnemar_against, paired_mcnemar, review_diff, summary
+from trainer.report import summary
 
 
 def preds(ids: list[str], labels: list[int], probs: list[float]) -> pd.DataFrame:

@@ -8,16 +8,9 @@ import pandas as pd
 import pytest
 
 from storage.records import Evaluation, Predictions, Run, RunSpec
+from trainer.comparison import compared_groups, shared_accuracies, shortfall_sentence
 from trainer.metrics import evaluate, wilson_interval
-from trainer.report import (
-    SHARED_HEADER,
-    build_report,
-    compared_groups,
-    empty_report,
-    render,
-    shared_accuracies,
-    shortfall_sentence,
-)
+from trainer.report import SHARED_HEADER, build_report, empty_report, render
 
 IDS = [f"test/{i}" for i in range(10)]
 LABELS = [i % 2 for i in range(10)]
