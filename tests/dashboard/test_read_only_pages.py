@@ -45,6 +45,6 @@ def test_every_page_reads_a_read_only_folder_without_writing(tmp_path: Path) -> 
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     for page in PAGES:
         assert seen[page]["exceptions"] == 0 and seen[page]["errors"] == [], (page, seen[page])
-    assert seen["overview"]["metrics"] == 3 and seen["evaluation"]["metrics"] == 6
+    assert seen["overview"]["metrics"] == 3 and seen["evaluation"]["metrics"] == 7
     assert seen["study"]["tables"] >= 1
     assert "baseline" in seen["live"]["models"][0]

@@ -26,7 +26,7 @@ def texts(elements) -> str:
 DRAWN = {  # what each page draws from a populated database
     "overview": lambda at: len(at.metric) == 3,
     "study": lambda at: len(at.dataframe(key="study_table").value) == 4,
-    "evaluation": lambda at: len(at.metric) == 6,
+    "evaluation": lambda at: len(at.metric) == 7,
     "live": lambda at: "baseline" in at.selectbox(key="live_model").options[0],
     "data": lambda at: len(at.selectbox(key="data_diff_a").options) >= 2,  # no audit: the diff
 }
