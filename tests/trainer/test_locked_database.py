@@ -85,6 +85,7 @@ def test_a_kept_result_for_other_reviews_is_ignored_and_the_stage_runs(
     (kept,) = kept_files(artifacts)
     saved = json.loads(kept.read_text())
     saved["review_ids"] = saved["review_ids"][::-1]  # as if the data had changed since
+    saved["spec"]["duration_s"] = -1.0  # no run takes that long: it marks the kept result
     kept.write_text(json.dumps(saved))
 
     with caplog.at_level(logging.WARNING, logger="trainer"):
@@ -93,7 +94,8 @@ def test_a_kept_result_for_other_reviews_is_ignored_and_the_stage_runs(
                for r in caplog.records)
     with open_store(db) as store:
         (run,) = store.list_runs()
-    assert run.spec.duration_s != saved["spec"]["duration_s"]  # trained again
+    assert run.spec.duration_s >= 0  # trained again, not the kept result (a baseline can
+    # train as fast as the kept one did, so equal durations proved nothing)
 
 
 def test_the_lock_timeout_option_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
