@@ -68,8 +68,9 @@ def open_database(url: str) -> Store | None:
 
 
 def say(kind: str, message: str) -> None:
-    """Show a message that may contain user text (names, paths) without any markup."""
-    getattr(st, kind)(views.escape_markdown(message))
+    """Show a message that may contain user text (names, paths) without any markup; its
+    `backticked` commands show as code (views.markdown_with_code)."""
+    getattr(st, kind)(views.markdown_with_code(message))
 
 
 @contextmanager

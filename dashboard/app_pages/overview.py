@@ -25,7 +25,7 @@ def show_stages(url: str) -> None:
     shared = views.shared_figures(latest, preds)
     show_tiles(views.accuracy_tiles(latest, shared))
     if (sentence := views.shortfall(latest, shared)) is not None:
-        st.warning(views.escape_markdown(sentence))
+        st.warning(views.markdown_with_code(sentence))
     st.subheader("Side by side")
     st.caption("Each model on every review it scored (n, split); the tiles above compare the "
                "stages on the same reviews.")

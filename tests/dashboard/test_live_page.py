@@ -336,7 +336,8 @@ class Untrained(CountingPredictor):
 
 
 class Noted(CountingPredictor):
-    untrained_head, notes = False, ("LABEL_1 was taken as positive",)
+    untrained_head, notes = False, ("LABEL_1 was taken as positive; check with "
+                                    "`python -m trainer report`",)
 
 
 @pytest.mark.parametrize(("fake", "expected"), [(Untrained, "head not trained: chance-level"),
@@ -353,6 +354,8 @@ def test_what_a_loaded_model_says_of_itself_is_shown_beside_its_verdict(
     no_exception(at)
     shown = texts(at.warning) + texts(at.caption).replace("\\", "")
     assert expected in shown and "never shown" not in shown
+    # a command in a note shows as code, its backticks unescaped
+    assert all("\\`" not in t.value for t in [*at.caption, *at.warning])
 
 
 def test_the_fast_copy_is_prepared_when_the_model_loads_not_per_review(
