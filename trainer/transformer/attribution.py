@@ -6,6 +6,7 @@ import torch
 from trainer.errors import ModelError
 from trainer.explanation import Contribution
 from trainer.transformer.model import Classifier, token_limit
+from trainer.transformer.truncate import kept_positions, special_counts
 
 # 16 steps: about 4-5 s of CPU time for a 256-token MiniLM review (~2 s on 2 idle cores); on
 # MiniLM the word weights correlate > 0.99 with those of 50 steps and keep the same top 10.
@@ -22,7 +23,7 @@ def explain(clf: Classifier, text: str, *, max_length: int, top_k: int = 10,
     Args:
         clf: a loaded classifier (its tokenizer must be a fast tokenizer, for offsets).
         text: the review, as shown to the user.
-        max_length: tokens kept (words past the truncation get no weight).
+        max_length: tokens kept, head and tail (words cut from the middle get no weight).
         top_k: how many words to return.
         n_steps: integration steps (more is slower and more exact).
 
@@ -36,11 +37,17 @@ def explain(clf: Classifier, text: str, *, max_length: int, top_k: int = 10,
         raise ModelError(f"cannot explain predictions of {clf.name}: its tokenizer gives no "
                          f"character offsets; use a model with a fast (tokenizer.json) tokenizer")
     with clf.lock:
-        enc = clf.tokenizer(text, truncation=True, max_length=token_limit(clf, max_length),
-                            return_offsets_mapping=True, return_tensors="pt")
+        enc = clf.tokenizer(text, truncation=False, verbose=False, return_offsets_mapping=True,
+                            return_tensors="pt")
         offsets = enc.pop("offset_mapping")[0].tolist()
         word_ids = enc.word_ids(0)
-        scores = _token_attributions(clf, dict(enc), word_ids, n_steps).tolist()
+        inputs = dict(enc)
+        keep = kept_positions(len(word_ids), token_limit(clf, max_length),
+                              special_counts(clf.tokenizer))
+        if keep is not None:  # the head and tail the model reads (trainer.transformer.truncate)
+            inputs = {k: v[:, keep] for k, v in inputs.items()}
+            offsets, word_ids = [offsets[i] for i in keep], [word_ids[i] for i in keep]
+        scores = _token_attributions(clf, inputs, word_ids, n_steps).tolist()
     words = _words(text, offsets, word_ids, scores)
     return sorted(words, key=lambda c: abs(c.weight), reverse=True)[:top_k]
 

@@ -22,6 +22,7 @@ from trainer.transformer.fused_layers import (
     padding_mask,
 )
 from trainer.transformer.model import predict_proba, token_limit, uses_sdpa
+from trainer.transformer.truncate import encode_ids
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,7 @@ class FastClassifier:
         # One caller at a time, tokenizer included: a fast tokenizer shared between threads fails
         # with "Already borrowed" when two calls set its truncation at once.
         with self.lock, torch.inference_mode():
-            ids = self.tokenizer(texts, truncation=True, max_length=self.max_length,
-                                 return_attention_mask=False,
-                                 return_token_type_ids=False)["input_ids"]
+            ids = encode_ids(self.tokenizer, texts, self.max_length)
             order = np.argsort([len(row) for row in ids], kind="stable")
             for start in range(0, len(order), max(1, batch_size)):
                 rows = order[start:start + batch_size]
@@ -193,8 +192,7 @@ def worth_preparing(tokenizer: Any, texts: Sequence[str], max_length: int,
     total = 0
     for start in range(0, len(texts), COUNT_CHUNK):
         chunk = [str(t) for t in texts[start:start + COUNT_CHUNK]]
-        ids = tokenizer(chunk, truncation=True, max_length=max_length,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        ids = encode_ids(tokenizer, chunk, max_length)
         total += sum(len(row) for row in ids)
         if total >= min_tokens:
             return True

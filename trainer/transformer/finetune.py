@@ -21,6 +21,7 @@ from trainer.transformer.model import (
     token_limit,
 )
 from trainer.transformer.params import resolve
+from trainer.transformer.truncate import encode_ids
 
 
 def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int],
@@ -120,8 +121,7 @@ def _encode(clf: Classifier, texts: Sequence[str], labels: Sequence[int],
         raise ConfigError(f"got {len(texts)} texts but {len(labels)} labels; pass one label each")
     positive = clf.positive_index  # data labels are 0/1; the head's positive logit may be 0
     mapped = [positive if int(y) == 1 else 1 - positive for y in labels]
-    encodings = clf.tokenizer(list(texts), truncation=True, max_length=max_length)
-    return _Encoded(dict(encodings), mapped)
+    return _Encoded({"input_ids": encode_ids(clf.tokenizer, texts, max_length)}, mapped)
 
 
 def _build_trainer(clf: Classifier, train: tuple, val_texts: Sequence[str], hp: dict[str, Any], *,

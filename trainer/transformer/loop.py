@@ -17,6 +17,7 @@ from trainer.errors import ConfigError, TrainingDiverged
 from trainer.transformer.fast import native_bf16
 from trainer.transformer.model import uses_sdpa
 from trainer.transformer.params import FAST_LOOP, resolve
+from trainer.transformer.truncate import encode_ids
 
 PAD_MULTIPLE = 64  # batches are padded to a multiple of this: few distinct shapes, little padding
 NAN_CHECK_EVERY = 50  # steps between the only host syncs of training: a finite-loss check
@@ -63,8 +64,7 @@ def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, chunk: int 
         return _cache[key]
     rows: list[list[int]] = []
     for start in range(0, len(texts), chunk):
-        rows += tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length,
-                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        rows += encode_ids(tokenizer, texts[start:start + chunk], max_length)
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     width = min(_round_up(int(lengths.max(initial=1)), PAD_MULTIPLE), max_length)

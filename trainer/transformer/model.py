@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from trainer import hub
 from trainer.errors import ModelError
+from trainer.transformer.truncate import encode_ids
 
 # Our own bars show prediction and training progress; the per-load weight/shard bars are noise.
 hf_logging.disable_progress_bar()
@@ -350,8 +351,8 @@ def _probabilities(clf: Classifier, texts: Sequence[str], max_length: int, batch
             for start in tqdm(range(0, len(texts), batch_size), disable=not progress,
                               desc="predict", unit="batch"):
                 idx = order[start:start + batch_size]
-                batch = clf.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                      max_length=max_length, return_tensors="pt").to(clf.device)
+                rows = encode_ids(clf.tokenizer, [texts[i] for i in idx], max_length)
+                batch = clf.tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(clf.device)
                 logits = clf.model(**batch).logits.float()
                 probs[idx] = torch.softmax(logits, dim=-1)[:, clf.positive_index].cpu().numpy()
     finally:

@@ -274,11 +274,13 @@ def test_predict_proba_of_no_texts_is_empty(clf: transformer.Classifier) -> None
     assert transformer.predict_proba(clf, [], max_length=64).shape == (0,)
 
 
-def test_predict_proba_truncates_to_max_length(clf: transformer.Classifier) -> None:
-    text = "good " * 20 + "bad " * 200
-    short = transformer.predict_proba(clf, [text], max_length=12)
-    head = transformer.predict_proba(clf, ["good " * 10], max_length=12)
-    np.testing.assert_allclose(short, head, atol=1e-5)
+def test_predict_proba_keeps_the_head_and_tail_of_a_long_review(
+        clf: transformer.Classifier) -> None:
+    text = "good " * 20 + "fine " * 100 + "bad " * 100
+    cut = transformer.predict_proba(clf, [text], max_length=12)
+    # 12 tokens: [CLS], a quarter of the other 10 from the head, the rest from the tail, [SEP]
+    kept = transformer.predict_proba(clf, ["good " * 2 + "bad " * 8], max_length=12)
+    np.testing.assert_allclose(cut, kept, atol=1e-6)
 
 
 # --- fine-tuning -----------------------------------------------------------------------------
@@ -293,7 +295,16 @@ def test_fine_tune_reports_validation_probabilities_each_epoch(tuned: dict) -> N
 
 def test_fine_tune_last_epoch_probabilities_match_the_returned_model(tuned: dict) -> None:
     again = transformer.predict_proba(tuned["clf"], tuned["val_texts"], max_length=32)
-    np.testing.assert_allclose(tuned["calls"][-1][1], again, atol=1e-5)
+    assert_reported_by_the_returned_model(tuned["calls"], again)
+
+
+def assert_reported_by_the_returned_model(calls: list, again: np.ndarray) -> None:
+    """The last epoch's reported probabilities are the returned model's: equal within the
+    arithmetic's noise (bf16 autocast where the CPU has it, kernels picked by padding width:
+    2.2e-5 on an AVX-512 EPYC), and far closer than the first epoch's (2.8e-4 there)."""
+    last = np.abs(calls[-1][1] - again).max()
+    first = np.abs(calls[0][1] - again).max()
+    assert last < 1e-4 and 5 * last < first, (last, first)
 
 
 def test_fine_tune_returns_trained_classifier_in_eval_mode(tuned: dict) -> None:
@@ -366,7 +377,7 @@ def test_both_training_engines_keep_the_fine_tune_contract(
     assert [epoch for epoch, _ in calls] == list(range(1, PARAMS["num_train_epochs"] + 1))
     assert not trained.model.training and trained.new_head is False
     again = transformer.predict_proba(trained, texts[:6], max_length=16)
-    np.testing.assert_allclose(calls[-1][1], again, atol=1e-5)
+    assert_reported_by_the_returned_model(calls, again)
 
 
 def test_an_unknown_training_engine_is_refused(tiny_model_dir: str, tmp_path: Path) -> None:
