@@ -35,7 +35,7 @@ from bench import cpu_name, emit, slug  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PAGES = ("overview", "study", "evaluation", "live", "data")
-STUDY_TABS = ("History", "Importance", "Hyperparameters", "Time")
+STUDY_TABS = ("History", "Importance", "Parallel coordinates", "Contour", "Slices", "Time")
 IMDB_TEST = ROOT.parent / "shared" / "data" / "imdb" / "test.parquet"
 DEFAULT_DB = Path("/tmp/sentiment-bench/dashboard.db")
 BROWSER_TARGET_S = 1.0  # issue 14: every page load and interaction, warm, in a real browser
@@ -123,14 +123,16 @@ def walk_study(s, trial: int, repeats: int):
     tabs = {"History": pw.chart_titled(s, "optimisation history"),
             "Importance": pw.chart_titled(s, "hyperparameter importance").or_(
                 s.text_shown("Importance is not drawn")),
-            "Hyperparameters": pw.chart_titled(s, "parallel coordinates"),
+            "Parallel coordinates": pw.chart_titled(s, "parallel coordinates"),
+            "Contour": pw.chart_titled(s, "contour"),
+            "Slices": pw.chart_titled(s, "slice plots"),
             "Time": pw.chart_titled(s, "timeline of trials")}
     trials = s.page.get_by_role("button", name="Download these trials as CSV")
     for _ in range(1 + repeats):
         for tab, expect in tabs.items():
             yield f"study: open the {tab} tab", pw.open_study_tab(s, tab, expect)
             yield "study: open the Trials tab", pw.open_study_tab(s, "Trials", trials)
-    pw.open_study_tab(s, "Hyperparameters", tabs["Hyperparameters"])
+    pw.open_study_tab(s, "Parallel coordinates", tabs["Parallel coordinates"])
     boxes = ((0.0, 0.3, 0.2, 0.8), (0.35, 0.7, 0.1, 0.6))  # each starts outside the other
     for i in range(2 * (1 + repeats)):
         yield "study: brush the parallel coordinates", pw.brush(s, *boxes[i % 2])[0]
@@ -167,8 +169,13 @@ def walk_live(s, repeats: int, folder: Path):
         yield "live: classify a 6-row CSV", pw.classify_file(s, "live: classify a 6-row CSV")
 
 
-def browser_times(url: str, repeats: int, folder: Path) -> dict[str, list[float]]:
-    """Seconds of each step in headless Chromium: its first time, then `repeats` warm ones."""
+def browser_times(url: str, repeats: int, folder: Path,
+                  live_url: str | None = None) -> dict[str, list[float]]:
+    """Seconds of each step in headless Chromium: its first time, then `repeats` warm ones.
+
+    With live_url, the live page's steps are also walked on that database, whose newest model
+    (the live page's first choice) is a fine-tuned transformer: steps named "… (live_model)".
+    """
     from tests.dashboard import playwright_browser as pw
     from tests.dashboard.browser import dashboard
 
@@ -181,7 +188,24 @@ def browser_times(url: str, repeats: int, folder: Path) -> dict[str, list[float]
         for walk in walks:
             for step, seconds in walk:
                 times.setdefault(step, []).append(round(seconds, 3))
+    if live_url is not None:
+        with dashboard(live_url, folder / "streamlit-live.log", toolbar=None) as base, \
+                pw.chromium_page() as page:
+            for step, seconds in walk_live(pw.Session(page, base), repeats, folder):
+                times.setdefault(f"{step} ({live_model(live_url)})", []).append(round(seconds, 3))
     return times
+
+
+def live_model(url: str) -> str:
+    """The model the live page picks first on this database: its stage and model name."""
+    from dashboard.live_views import untrained_head
+    from storage.store import open_store
+    from trainer.predict import model_choices
+
+    with open_store(url, read_only=True) as store:
+        specs = [store.get_run(c.run_id).spec for c in model_choices(store) if c.available]
+    spec = next((s for s in specs if not untrained_head(s.warnings)), specs[0])
+    return f"{spec.stage} {spec.model}"
 
 
 def browser_figures(times: dict[str, list[float]], device: str,
@@ -227,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--browser", action="store_true",
                         help="time page loads and interactions in headless Chromium "
                              "(Playwright) instead of AppTest renders")
+    parser.add_argument("--live-db", default=None, metavar="URL",
+                        help="with --browser, also walk the live page on this database (one "
+                             "holding a fine-tuned transformer, e.g. sqlite:///runs/sentiment.db "
+                             "after `python -m trainer run --model minilm-offline`)")
     parser.add_argument("--results-dir", default=None)
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args(argv)
@@ -241,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.browser:
         repeats = 3 if args.repeats is None else args.repeats
         with tempfile.TemporaryDirectory(prefix="bench-browser-") as folder:
-            times = browser_times(url, repeats, Path(folder))
+            times = browser_times(url, repeats, Path(folder), args.live_db)
         figures = browser_figures(times, device, {"repeats": repeats, "db": url})
         emit("dashboard-browser", figures, args.results_dir, args.tag)
         return 0

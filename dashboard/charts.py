@@ -10,23 +10,25 @@ CLASS_COLORS = alt.Scale(domain=["negative", "positive"], range=["#d62728", "#2c
 # Legend labels name a run and its n ("fine-tuned model: …, study … (run 9) · 500 test
 # reviews"): below the chart, one per line, never cut (labelLimit 0: no limit).
 FULL_LEGEND = alt.Legend(orient="bottom", columns=1, labelLimit=0)
+CONFUSION_TITLE = "confusion (count, share of true class)"
 
 
-def confusion_chart(frame: pd.DataFrame, normalised: bool = False) -> alt.Chart:
-    """A 2×2 heatmap of `views.confusion_frame`: counts, or shares of each true class."""
-    field, fmt = ("share", ".1%") if normalised else ("count", ",d")
+def confusion_chart(frame: pd.DataFrame) -> alt.Chart:
+    """A 2×2 heatmap of `views.confusion_frame`: each cell's count above its share of the true
+    class, coloured by that share (one chart, where two cost the browser twice the drawing)."""
     base = alt.Chart(frame).encode(
         x=alt.X("predicted:N", title="predicted", sort=["negative", "positive"]),
         y=alt.Y("true:N", title="true", sort=["negative", "positive"]))
     cells = base.mark_rect().encode(
-        color=alt.Color(f"{field}:Q", scale=alt.Scale(scheme="blues"), legend=None),
+        color=alt.Color("share:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=None),
         tooltip=["true:N", "predicted:N", alt.Tooltip("count:Q", format=",d"),
-                 alt.Tooltip("share:Q", format=".1%")])
-    labels = base.mark_text(fontSize=16).encode(
-        text=alt.Text(f"{field}:Q", format=fmt),
-        color=alt.condition("datum.share > 0.5", alt.value("white"), alt.value("black")))
-    title = "share of each true class" if normalised else "confusion matrix"
-    return (cells + labels).properties(title=title, width=220, height=220)
+                 alt.Tooltip("share:Q", format=".1%", title="share of the true class")])
+    ink = alt.condition("datum.share > 0.5", alt.value("white"), alt.value("black"))
+    counts = base.mark_text(fontSize=16, dy=-9).encode(
+        text=alt.Text("count:Q", format=",d"), color=ink)
+    shares = base.mark_text(fontSize=12, dy=11).encode(
+        text=alt.Text("share:Q", format=".1%"), color=ink)
+    return (cells + counts + shares).properties(title=CONFUSION_TITLE, width=260, height=240)
 
 
 def curves_chart(frame: pd.DataFrame, kind: str) -> alt.Chart:

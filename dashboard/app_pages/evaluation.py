@@ -43,29 +43,42 @@ def show_scalars(run: Run, preds: pd.DataFrame | None) -> None:
                f"threshold 0.5 · model {views.escape_markdown(run.spec.model)}")
 
 
+CURVE_TABS = {"ROC": "roc", "Precision-recall": "pr", "Calibration": "calibration"}
+
+
 def show_curves(url: str, run: Run, runs: list[Run], preds: pd.DataFrame | None) -> None:
     curves = run.evaluation.curves
+    names = [name for name, kind in CURVE_TABS.items() if kind in curves]
+    if not names:
+        st.info("This run has no stored curves.")
+        return
+    # Lazy tabs: only the open curve is drawn, so the page loads with one chart, not three.
+    tabs = st.tabs(names, key="eval_curve_tab", on_change="rerun")
+    for name, tab in zip(names, tabs, strict=True):
+        if tab.open:
+            with tab:
+                show_curve(url, run, runs, preds, CURVE_TABS[name])
+    st.caption(f"Curves of {views.escape_markdown(views.curve_label(run))}.")
+
+
+def show_curve(url: str, run: Run, runs: list[Run], preds: pd.DataFrame | None,
+               kind: str) -> None:
+    curves = run.evaluation.curves
+    if kind == "pr":
+        st.altair_chart(charts.curves_chart(
+            views.curve_frame(curves["pr"], views.curve_label(run)), "pr"), key="eval_pr")
+        return
+    if kind == "calibration":
+        st.altair_chart(charts.calibration_chart(
+            views.curve_frame(curves["calibration"], views.curve_label(run))), key="eval_cal")
+        return
     others = {r.id: r for r in runs if r.id != run.id and "roc" in r.evaluation.curves}
     compare = st.selectbox("Compare the ROC curve with", [None, *others], key="eval_compare",
                            format_func=lambda i: "—" if i is None else others[i].label,
                            help="Curves are overlaid only on the reviews both runs scored.")
     roc = roc_frame(url, run, others.get(compare), preds)
-    compared = roc is not None and roc["model"].nunique() > 1
-    if compared:  # full width, so that the legend shows both runs' full names
+    if roc is not None:  # full width, so that a legend shows both runs' full names
         st.altair_chart(charts.curves_chart(roc, "roc"), key="eval_roc")
-    left, middle, right = st.columns(3) if not compared else (None, *st.columns(2))
-    if roc is not None and not compared:
-        left.altair_chart(charts.curves_chart(roc, "roc"), key="eval_roc")
-    if "pr" in curves:
-        middle.altair_chart(charts.curves_chart(
-            views.curve_frame(curves["pr"], views.curve_label(run)), "pr"), key="eval_pr")
-    if "calibration" in curves:
-        right.altair_chart(charts.calibration_chart(
-            views.curve_frame(curves["calibration"], views.curve_label(run))), key="eval_cal")
-    if curves:
-        st.caption(f"Curves of {views.escape_markdown(views.curve_label(run))}.")
-    else:
-        st.info("This run has no stored curves.")
 
 
 def roc_frame(url: str, run: Run, other: Run | None,
@@ -94,10 +107,8 @@ def show_threshold(run: Run, preds) -> float:
               "–" if found["accuracy"] is None else f"{found['accuracy']:.3f}")
     st.caption(views.escape_markdown(views.accuracy_sentence(found, threshold, run.spec.split))
                + " (95% interval: Wilson's score)")
-    left, middle, right = st.columns([1, 1, 2])
+    left, right = st.columns([1, 2])
     left.altair_chart(charts.confusion_chart(confusion), key="eval_confusion")
-    middle.altair_chart(charts.confusion_chart(confusion, normalised=True),
-                        key="eval_confusion_norm")
     number = st.column_config.NumberColumn
     right.dataframe(views.class_intervals(confusion, per_class), hide_index=True,
                     key="eval_per_class", column_config={

@@ -57,7 +57,7 @@ def test_bench_dashboard_browser_times_every_step(small_study_db: str, tmp_path:
     steps = {f["config"]["step"]: f for f in out}
     assert {"load overview", "load study", "load evaluation", "load live", "load data",
             "study: open ?trial=N", "study: open the History tab",
-            "study: open the Hyperparameters tab", "study: brush the parallel coordinates",
+            "study: open the Parallel coordinates tab", "study: brush the parallel coordinates",
             "evaluation: move the threshold", "live: classify a review",
             "live: upload a CSV", "live: classify a 6-row CSV"} <= set(steps)
     for figure in out:

@@ -324,7 +324,7 @@ def screenshots(s: Session, out: Path, trial: int, csv_file: Path) -> list[Path]
     shot("study-trials")
     open_study_tab(s, "History", chart_titled(s, "optimisation history"))
     shot("study-history")
-    open_study_tab(s, "Hyperparameters", chart_titled(s, "parallel coordinates"))
+    open_study_tab(s, "Parallel coordinates", chart_titled(s, "parallel coordinates"))
     brush(s, 0.0, 0.3, 0.05, 0.45)
     shot("study-explorer")
     open_study_tab(s, "Time", chart_titled(s, "timeline of trials"))

@@ -11,7 +11,7 @@ from tests.dashboard.builders import XSS
 
 PAGES = {"/": "Overview", "/study": "Study explorer", "/study?study_tab=History": "Study explorer",
          "/study?study_tab=Importance": "Study explorer",
-         "/study?study_tab=Hyperparameters": "Study explorer", "/evaluation": "Evaluation",
+         "/study?study_tab=Slices": "Study explorer", "/evaluation": "Evaluation",
          "/live": "Live prediction", "/data": "Data & models"}
 
 

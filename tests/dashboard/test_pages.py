@@ -10,6 +10,8 @@ import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
+from dashboard import charts as charts_module
+from dashboard import study_views as sv
 from tests.dashboard import builders
 from tests.dashboard.conftest import PAGES
 
@@ -120,7 +122,8 @@ def test_overview_shows_stages_warning_tests_and_sentence(open_page: Open,
 
 STUDY_TABS = {"History": ("optimisation history", "empirical distribution", "intermediate values"),
               "Importance": ("hyperparameter importance",),
-              "Hyperparameters": ("parallel coordinates", "contour", "slice plots"),
+              "Parallel coordinates": ("parallel coordinates",), "Contour": ("contour",),
+              "Slices": ("slice plots",),
               "Time": ("timeline of trials", "time per trial")}
 
 
@@ -165,7 +168,7 @@ def test_study_explorer_filters_and_shows_the_chosen_trial(open_page: Open,
     assert "state PRUNED" in texts(at.caption)
     assert len(table_with(at, "support")) == 2
     titles = [c.get("title") for c in charts(at)]
-    assert "confusion matrix" in titles and "ROC curve" in titles
+    assert charts_module.CONFUSION_TITLE in titles and "ROC curve" in titles
 
 
 def test_selecting_a_trial_row_shows_that_trials_diagnostics(open_page: Open,
@@ -178,7 +181,7 @@ def test_selecting_a_trial_row_shows_that_trials_diagnostics(open_page: Open,
     no_exception(at)
     assert f"Trial {third}, the selected row" in texts(at.caption)
     assert "state COMPLETE" in texts(at.caption)
-    assert "confusion matrix" in [c.get("title") for c in charts(at)]
+    assert charts_module.CONFUSION_TITLE in [c.get("title") for c in charts(at)]
 
 
 @pytest.mark.parametrize("evaluator", ["fANOVA", "mean decrease impurity", "PED-ANOVA"])
@@ -274,9 +277,20 @@ def test_study_filters_show_running_trials_and_reset_when_the_database_changes(
     assert at.selectbox(key="study_trial").value == best_trial(at)
 
 
+def test_trial_filters_survive_a_visit_to_another_tab(open_page: Open, small_db: str) -> None:
+    at = open_page(small_db, "study")
+    at.toggle(key="study_descending").set_value(True).run()
+    open_tab(at, "History")
+    open_tab(at, "Trials")
+    no_exception(at)
+    assert at.multiselect(key="study_states").value == list(sv.STATES)
+    assert at.toggle(key="study_descending").value is True
+    assert len(at.dataframe(key="study_table").value) == 12
+
+
 def test_study_brush_on_parallel_coordinates_lists_the_trials_inside(open_page: Open,
                                                                     small_db: str) -> None:
-    at = open_tab(open_page(small_db, "study"), "Hyperparameters")
+    at = open_tab(open_page(small_db, "study"), "Parallel coordinates")
     assert "Drag a box over one or more axes" in texts(at.caption)
     lines = chart(at, "parallel coordinates")
     params = lines.get("params", []) + lines["layer"][0].get("params", [])
@@ -295,7 +309,7 @@ def test_study_brush_on_parallel_coordinates_lists_the_trials_inside(open_page: 
 
 
 def test_study_contour_plots_the_two_chosen_parameters(open_page: Open, small_db: str) -> None:
-    at = open_tab(open_page(small_db, "study"), "Hyperparameters")
+    at = open_tab(open_page(small_db, "study"), "Contour")
     at.selectbox(key="study_contour_x").set_value("warmup_ratio")
     at.selectbox(key="study_contour_y").set_value("weight_decay").run()
     no_exception(at)
@@ -314,7 +328,8 @@ def test_evaluation_threshold_slider_recomputes_the_confusion(open_page: Open,
                                             "Brier", "accuracy at threshold 0.50"]
 
     def predicted_positive() -> int:
-        rows = next(c for c in charts(at) if c.get("title") == "confusion matrix")["rows"]
+        title = charts_module.CONFUSION_TITLE
+        rows = next(c for c in charts(at) if c.get("title") == title)["rows"]
         return sum(r["count"] for r in rows if r["predicted"] == "positive")
 
     at.slider(key="eval_threshold").set_value(0.1).run()

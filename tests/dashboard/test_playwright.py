@@ -196,18 +196,21 @@ def test_history_and_time_charts_count_trials_in_whole_numbers(visitor: pw.Sessi
 @pytest.mark.slow
 def test_parameter_axes_and_brushing_filter_the_trials(visitor: pw.Session) -> None:
     visitor.open("study: trials", "/study", "Study explorer")
-    pw.open_study_tab(visitor, "Hyperparameters",
-                      pw.chart_titled(visitor, "parallel coordinates"))
-    parallel = visitor.chart("parallel coordinates")
-    axes = [label for a in parallel["axes"] for label in a["labels"]]
-    assert axes[-1] == "objective" and "learning rate" in axes, axes
-    assert re.search(r"\de-0\d", " ".join(parallel["texts"]))  # values printed on the axes
+    pw.open_study_tab(visitor, "Slices", pw.chart_titled(visitor, "slice plots"))
     slices = visitor.chart("slice plots")
     titles = [a["title"] for a in slices["axes"]]
     assert "learning rate (log scale)" in titles, titles
     assert _labels(_axis(slices, "batch size")) == ["8", "16", "32"]
     assert all(re.fullmatch(r"\d+", t) for t in _labels(_axis(slices, "epochs (planned)")))
-    visitor.chart("contour")
+    _assert_nothing_cut(visitor)
+    pw.open_study_tab(visitor, "Contour", pw.chart_titled(visitor, "contour"))
+    _assert_nothing_cut(visitor)
+    pw.open_study_tab(visitor, "Parallel coordinates",
+                      pw.chart_titled(visitor, "parallel coordinates"))
+    parallel = visitor.chart("parallel coordinates")
+    axes = [label for a in parallel["axes"] for label in a["labels"]]
+    assert axes[-1] == "objective" and "learning rate" in axes, axes
+    assert re.search(r"\de-0\d", " ".join(parallel["texts"]))  # values printed on the axes
     _assert_nothing_cut(visitor)
 
     _, caption = pw.brush(visitor, 0.0, 0.3, 0.2, 0.8)
@@ -217,6 +220,12 @@ def test_parameter_axes_and_brushing_filter_the_trials(visitor: pw.Session) -> N
     brushed = visitor.page.locator('[data-testid="stDataFrame"]').last
     rows = _rows(pw.grid_csv(visitor, brushed))
     assert len(rows) == inside and {r["state"] for r in rows} == {"COMPLETE"}
+
+    toggle = visitor.page.get_by_text(f"Only the {inside:,} trials inside", exact=False)
+    pw.open_study_tab(visitor, "Trials", toggle)  # the brush filters the trial table too
+    table = visitor.page.locator('[data-testid="stDataFrame"]').first
+    assert sorted(r["trial"] for r in _rows(pw.grid_csv(visitor, table))) == \
+        sorted(r["trial"] for r in rows)
 
 
 @pytest.mark.slow
