@@ -73,14 +73,33 @@ def optuna_storage(url: str) -> Any:
 # Records are read-only and large (1,000 runs, 25,000 texts): shared, not copied per session.
 @st.cache_resource(ttl=FRESH_S, show_spinner=False, max_entries=16)
 def runs(url: str, stage: str | None = None, study: str | None = None) -> list[Run]:
-    """Stored runs, oldest first, optionally of one stage and/or study."""
-    return store(url).list_runs(stage=stage, study=study)
+    """Stored runs, oldest first, optionally of one stage and/or study.
+
+    A saved run never changes (a trial's run replaced after an epoch gets a new id), so only
+    the runs not read before are loaded: listing the ids takes 0.03 s with 1,000 trials, loading
+    every run again 0.7-1.6 s each time this list went stale.
+    """
+    listed = store(url).run_specs(stage=stage, study=study)
+    known = _loaded_runs(url)
+    if stage is None and study is None:  # the whole listing: forget runs deleted since
+        for gone in known.keys() - listed.keys():
+            known.pop(gone, None)
+    if missing := [i for i in listed if i not in known]:
+        known.update((run.id, run) for run in store(url).get_runs(missing))
+    return [known[i] for i in listed if i in known]  # one deleted meanwhile is left out
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _loaded_runs(url: str) -> dict[int, Run]:
+    """Every run read so far from one database, by id (shared by sessions, never stale)."""
+    return {}
 
 
 @st.cache_resource(ttl=FRESH_S, show_spinner=False, max_entries=16)
 def trial_runs(url: str, study: str) -> dict[int, Run]:
     """Trial number -> our stored validation run of that trial."""
-    return store(url).trial_runs(study)
+    return {run.spec.trial: run for run in runs(url, "trial", study)
+            if run.spec.trial is not None}
 
 
 @st.cache_resource(ttl=FRESH_S, show_spinner=False, max_entries=16)

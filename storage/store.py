@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -213,6 +213,12 @@ class Store:
         if not runs:
             raise StorageError(f"There is no run with id {run_id} in {self._shown}.")
         return runs[0]
+
+    def get_runs(self, run_ids: Iterable[int]) -> list[Run]:
+        """The runs with these ids that exist, ordered by id (one query per 500 ids)."""
+        ids = sorted(set(run_ids))
+        return [run for start in range(0, len(ids), 500)
+                for run in self._load(RunRow.id.in_(ids[start:start + 500]))]
 
     def list_runs(self, stage: str | None = None, study: str | None = None) -> list[Run]:
         """Runs ordered by id, optionally only those of one stage and/or study."""

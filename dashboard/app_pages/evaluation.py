@@ -142,7 +142,8 @@ def stored_predictions(url: str, run: Run) -> pd.DataFrame:
     try:
         return resources.predictions(url, run.id)
     except StorageError:
-        resources.trial_runs.clear()  # a running trial may have replaced its row (new id)
+        resources.runs.clear()  # a running trial may have replaced its row (new id)
+        resources.trial_runs.clear()
         if run.spec.stage != Stage.TRIAL or run.id in {
                 r.id for r in resources.trial_runs(url, run.spec.study).values()}:
             raise  # not that: show the error rather than rerun forever

@@ -248,3 +248,13 @@ def test_list_runs_loads_many_runs_in_a_few_queries(store: Store) -> None:
     assert all(r.evaluation.curves["roc"].w[0] == math.inf for r in runs)
     assert all(r.evaluation.confusion == ((1, 1), (0, 2)) for r in runs)
     assert len(statements) <= 10  # one for runs plus one per child table, never one per run
+
+
+def test_get_runs_reads_the_named_runs_that_exist_in_id_order(store: Store) -> None:
+    ids = [store.save_run(samples.spec("trial", study="s", trial=t), samples.evaluation())
+           for t in range(3)]
+    got = store.get_runs([ids[2], ids[0], ids[0], 10_000])
+    assert [r.id for r in got] == [ids[0], ids[2]]
+    assert got[0].spec == store.get_run(ids[0]).spec
+    assert len(store.get_runs(range(1, 1_200))) == 3  # over 500 ids: read in chunks
+    assert store.get_runs([]) == []
