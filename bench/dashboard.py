@@ -125,7 +125,7 @@ def walk_study(s, trial: int, repeats: int):
                 s.text_shown("Importance is not drawn")),
             "Parallel coordinates": pw.chart_titled(s, "parallel coordinates"),
             "Contour": pw.chart_titled(s, "contour"),
-            "Slices": pw.chart_titled(s, "slice plots"),
+            "Slices": pw.tab_chart(s, "slice plots"),
             "Time": pw.chart_titled(s, "timeline of trials")}
     trials = s.page.get_by_role("button", name="Download these trials as CSV")
     for _ in range(1 + repeats):

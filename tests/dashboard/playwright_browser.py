@@ -181,6 +181,13 @@ def chart_titled(s: Session, title: str):
                           has_text=title).first
 
 
+def tab_chart(s: Session, title: str):
+    """A drawn chart of the open tab: its SVG title containing `title`, or a canvas (Streamlit
+    draws a chart of over 2,000 marks on a canvas, whose texts cannot be read back)."""
+    canvas = s.page.locator('[role="tabpanel"] [data-testid="stVegaLiteChart"] canvas')
+    return chart_titled(s, title).or_(canvas).first
+
+
 def open_study_tab(s: Session, tab: str, expect, name: str | None = None) -> float:
     """Click a tab of the study explorer; `expect`: a locator only that tab draws."""
     return s.step(name or f"study: open the {tab} tab",
