@@ -149,17 +149,23 @@ def walk_evaluation(s, repeats: int):
         yield "evaluation: move the threshold", pw.move_threshold(s)
 
 
-def walk_live(s, repeats: int, folder: Path):
-    """Typed reviews (the first loads the model), then 6-row CSV files uploaded and scored."""
+def walk_live(s, repeats: int, folder: Path, model: str | None = None):
+    """Typed reviews (the first loads the model), then 6-row CSV files uploaded and scored;
+    model: the option to pick in both tabs (the page's first choice when None)."""
     from tests.dashboard import playwright_browser as pw
 
     s.open("load live", "/live", "Live prediction")
+    if model is not None:
+        box = s.page.get_by_label("Review (up to", exact=False)
+        pw.choose(s, "Model", model, box, "live: pick the model")
     for i in range(2 * (1 + repeats)):  # a new review each time: no cached answer
         text, label = (REVIEW, "positive") if i % 2 == 0 else (NEGATIVE_REVIEW, "negative")
         yield "live: classify a review", pw.classify_review(
             s, f"{text} Take {i}.", label, "live: classify a review")
-    pw.open_live_tab(s, "A CSV file", s.page.locator('[data-testid="stFileUploader"]'),
-                     "live: open the CSV tab")
+    uploader = s.page.locator('[data-testid="stFileUploader"]')
+    pw.open_live_tab(s, "A CSV file", uploader, "live: open the CSV tab")
+    if model is not None:
+        pw.choose(s, "Model for the file", model, uploader, "live: pick the model")
     for i in range(1 + repeats):  # a new file each time: no kept results
         upload = folder / f"reviews-{i}.csv"
         upload.write_text("id,text\n" + "".join(
@@ -173,8 +179,8 @@ def browser_times(url: str, repeats: int, folder: Path,
                   live_url: str | None = None) -> dict[str, list[float]]:
     """Seconds of each step in headless Chromium: its first time, then `repeats` warm ones.
 
-    With live_url, the live page's steps are also walked on that database, whose newest model
-    (the live page's first choice) is a fine-tuned transformer: steps named "… (live_model)".
+    With live_url, the live page's steps are also walked on that database with its newest
+    fine-tuned model picked: steps named "… (fine-tuned MODEL)".
     """
     from tests.dashboard import playwright_browser as pw
     from tests.dashboard.browser import dashboard
@@ -189,23 +195,31 @@ def browser_times(url: str, repeats: int, folder: Path,
             for step, seconds in walk:
                 times.setdefault(step, []).append(round(seconds, 3))
     if live_url is not None:
+        label, model = fine_tuned_choice(live_url)
         with dashboard(live_url, folder / "streamlit-live.log", toolbar=None) as base, \
                 pw.chromium_page() as page:
-            for step, seconds in walk_live(pw.Session(page, base), repeats, folder):
-                times.setdefault(f"{step} ({live_model(live_url)})", []).append(round(seconds, 3))
+            for step, seconds in walk_live(pw.Session(page, base), repeats, folder, label):
+                times.setdefault(f"{step} (fine-tuned {model})", []).append(round(seconds, 3))
     return times
 
 
-def live_model(url: str) -> str:
-    """The model the live page picks first on this database: its stage and model name."""
-    from dashboard.live_views import untrained_head
+def fine_tuned_choice(url: str) -> tuple[str, str]:
+    """The live page's option for the database's newest loadable fine-tuned model, and its
+    model name.
+
+    Raises:
+        SystemExit: the database holds no such model.
+    """
     from storage.store import open_store
     from trainer.predict import model_choices
 
     with open_store(url, read_only=True) as store:
-        specs = [store.get_run(c.run_id).spec for c in model_choices(store) if c.available]
-    spec = next((s for s in specs if not untrained_head(s.warnings)), specs[0])
-    return f"{spec.stage} {spec.model}"
+        for choice in model_choices(store):  # newest first within a stage
+            spec = store.get_run(choice.run_id).spec
+            if choice.available and spec.stage == "finetuned":
+                return choice.label, spec.model
+    raise SystemExit(f"--live-db {url} holds no loadable fine-tuned model; run "
+                     "`python -m trainer run` into it first")
 
 
 def browser_figures(times: dict[str, list[float]], device: str,
