@@ -320,6 +320,19 @@ def test_study_contour_plots_the_two_chosen_parameters(open_page: Open, small_db
     assert "Pick two different hyperparameters" in texts(at.info)
 
 
+def test_evaluation_draws_only_the_open_curve_tab(open_page: Open, small_db: str) -> None:
+    at = open_page(small_db, "evaluation")
+    titles = [c.get("title") for c in charts(at)]
+    assert "ROC curve" in titles and "precision-recall curve" not in titles
+    for tab, title in (("Precision-recall", "precision-recall curve"),
+                       ("Calibration", "calibration (reliability diagram)")):
+        at.session_state["eval_curve_tab"] = tab
+        at.run()
+        no_exception(at)
+        titles = [c.get("title") for c in charts(at)]
+        assert title in titles and "ROC curve" not in titles, titles
+
+
 def test_evaluation_threshold_slider_recomputes_the_confusion(open_page: Open,
                                                               small_db: str) -> None:
     at = open_page(small_db, "evaluation")
