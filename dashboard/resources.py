@@ -109,11 +109,17 @@ def trial_run_ids(url: str, study: str) -> dict[int, int]:
     return {spec.trial: run_id for run_id, spec in specs.items() if spec.trial is not None}
 
 
-# A run never changes once saved: a trial's run replaced after an epoch gets a new id.
-@st.cache_resource(show_spinner=False, max_entries=64)
 def stored_run(url: str, run_id: int) -> Run:
-    """One stored run, read alone (a trial's diagnostics need not load all 1,000)."""
-    return store(url).get_run(run_id)
+    """One stored run, read alone the first time (a trial's diagnostics need not load all
+    1,000) and kept with every other run read (`_loaded_runs`).
+
+    Raises:
+        StorageError: no run has this id, or the database cannot be read.
+    """
+    known = _loaded_runs(url)
+    if run_id not in known:
+        known[run_id] = store(url).get_run(run_id)
+    return known[run_id]
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

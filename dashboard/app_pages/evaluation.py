@@ -63,14 +63,11 @@ def show_curves(url: str, run: Run, runs: list[Run], preds: pd.DataFrame | None)
 
 def show_curve(url: str, run: Run, runs: list[Run], preds: pd.DataFrame | None,
                kind: str) -> None:
-    curves = run.evaluation.curves
-    if kind == "pr":
-        st.altair_chart(charts.curves_chart(
-            views.curve_frame(curves["pr"], views.curve_label(run)), "pr"), key="eval_pr")
-        return
-    if kind == "calibration":
-        st.altair_chart(charts.calibration_chart(
-            views.curve_frame(curves["calibration"], views.curve_label(run))), key="eval_cal")
+    if kind != "roc":
+        frame = views.curve_frame(run.evaluation.curves[kind], views.curve_label(run))
+        chart = charts.curves_chart(frame, "pr") if kind == "pr" \
+            else charts.calibration_chart(frame)
+        st.altair_chart(chart, key=f"eval_{kind}")
         return
     others = {r.id: r for r in runs if r.id != run.id and "roc" in r.evaluation.curves}
     compare = st.selectbox("Compare the ROC curve with", [None, *others], key="eval_compare",

@@ -36,17 +36,15 @@ def reset_on_change(url: str, name: str) -> None:
     if SCOPE_KEY in state:  # not on the first visit: its ?trial=N is the link followed
         st.query_params.pop(TRIAL_PARAM, None)
     for key in SCOPED_KEYS:
-        state.pop(key, None)
-    # Popping a widget's key is not enough where the browser still holds its old value (it
-    # sends it back on the next click): the filters get their defaults written in.
-    state.update(FILTER_DEFAULTS)
+        state.pop(key, None)  # keep_filters then writes the filters' defaults in
     state[SCOPE_KEY] = scope
 
 
 def keep_filters() -> None:
-    """Keep the Trials tab's filters while another tab is open: Streamlit forgets the value of
-    a widget that a run does not draw, and the States filter came back empty, hiding every
-    trial. Written through the Session State API, the values persist."""
+    """Write the Trials tab's filters through the Session State API, their defaults where
+    unset. Streamlit forgets the value of a widget that a run does not draw (the States filter
+    came back empty after a visit to another tab, hiding every trial), and popping a widget's
+    key is not enough where the browser still holds its old value: written values persist."""
     state = st.session_state
     for key, default in FILTER_DEFAULTS.items():
         state[key] = state.get(key, default)

@@ -21,6 +21,7 @@ def test_the_run_list_reads_only_new_runs_and_forgets_deleted_ones(tmp_path: Pat
         listed = resources.runs(url)
         assert [r.id for r in listed] == [first, third]
         assert listed[0] is kept  # read once, never again
+        assert resources.stored_run(url, first) is kept  # one cache of runs for both
         assert [r.id for r in resources.runs(url, "trial", "s")] == [third]
         assert list(resources.trial_runs(url, "s")) == [1]
     resources.store.clear()
