@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run the peer with bf16=True and compare with that too")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--tokens-per-batch", type=int, default=None)
+    parser.add_argument("--frozen-layers", type=int, default=None,
+                        help="our lowest layers kept as pretrained, the embeddings first "
+                             "(default: the trainer's for the device, 2 on a CPU, 0 on a GPU)")
     parser.add_argument("--lr", type=float, default=5e-5, help="our base learning rate")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="the batch the base learning rate is meant for")
@@ -52,12 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.only == "ours" and not args.peer_json:
         parser.error("--only ours needs --peer-json with the peer's figures")
+    from trainer.config import DEVICE_DEFAULTS
     from trainer.data import load_imdb
     from trainer.splits import stratified_subset
     from trainer.transformer.model import default_device, free_memory, resolve_model
 
     args.device = args.device or default_device()
     args.peer_epochs = args.peer_epochs or args.epochs
+    if args.frozen_layers is None:
+        args.frozen_layers = DEVICE_DEFAULTS["cuda" if args.device.startswith("cuda")
+                                             else "cpu"]["frozen_layers"]
     data = load_imdb(args.data)
     train = stratified_subset(data.train, args.train_size, args.seed)
     test = stratified_subset(data.test, args.test_size, args.seed)
@@ -241,7 +248,7 @@ def run_ours(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
     _, wall = timed(lambda: train_fast(
         clf.model, clf.tokenizer, train.texts, train.labels, [], params,
         max_length=args.max_length, seed=args.seed, device=args.device, progress=args.progress,
-        compile=compile_, positive_index=clf.positive_index,
+        compile=compile_, positive_index=clf.positive_index, frozen_layers=args.frozen_layers,
         on_step=lambda step, n: clock.step(n)), args.device)
     warm = clock.stop() if clock.start else len(train) * args.epochs / wall
     probs, predict_s = timed(lambda: predict_fast(
@@ -250,6 +257,7 @@ def run_ours(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
     accuracy = float(np.mean((probs >= 0.5) == (np.asarray(test.labels) == 1)))
     config = {"epochs": args.epochs, **params, "max_length": args.max_length,
               "compile": args.compile, "padding": "length buckets of 64",
+              "frozen_layers": args.frozen_layers,
               "precision": "bf16 autocast" if args.device.startswith("cuda") or native_bf16()
               else "fp32",
               "train_size": len(train), "test_size": len(test)}

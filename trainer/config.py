@@ -115,6 +115,10 @@ class Config:
                                         "scored on (a seeded, label-stratified subset)")
     max_length: int | None = option(None, env="SENTIMENT_MAX_LENGTH", kind=int,
                                     commands=TRANSFORMER_STAGES, help="tokens kept per review")
+    frozen_layers: int | None = option(
+        None, env="SENTIMENT_FROZEN_LAYERS", kind=int, commands=TUNING | {"final"},
+        help="lowest layers kept as pretrained while fine-tuning, the embeddings counted as the "
+             "first: 0 trains every layer, 2 keeps the embeddings and the lowest encoder layer")
     seed: int = option(42, env="SENTIMENT_SEED", kind=int, commands=STAGES | AUDIT,
                        help="seed of the subsets, the training and the sampler")
     artifacts: str = option("runs/artifacts", env="SENTIMENT_ARTIFACTS", metavar="DIR",
@@ -142,8 +146,8 @@ class Config:
         if self.trial is not None and (not isinstance(self.trial, int) or self.trial < 0):
             raise ConfigError(f"trial must be a trial number ≥ 0, got {self.trial!r}")
         for name in ("trials", "train_size", "final_train_size", "eval_size", "test_size",
-                     "max_length", "batch_size"):
-            value, least = getattr(self, name), 0 if name == "trials" else 1
+                     "max_length", "batch_size", "frozen_layers"):
+            value, least = getattr(self, name), 0 if name in ("trials", "frozen_layers") else 1
             if value is not None and (not isinstance(value, int) or value < least):
                 raise ConfigError(f"{name} must be a whole number ≥ {least}, got {value!r}")
         if not isinstance(self.lock_timeout, int) or self.lock_timeout < 1:
@@ -177,19 +181,21 @@ class Config:
         picked = {n: getattr(self, n) for n in names}
         if "max_length" in names:  # what max_length keeps changed once: older results differ
             picked["truncation"] = TRUNCATION
+        if not picked.get("frozen_layers"):  # nothing frozen: as every run before the option
+            picked.pop("frozen_layers", None)
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # None means "the whole split" for train/test sizes.
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cuda": {"trials": 8, "train_size": None, "final_train_size": None, "eval_size": 2500,
-             "test_size": None, "max_length": 512, "batch_size": 64},
+             "test_size": None, "max_length": 512, "batch_size": 64, "frozen_layers": 0},
     # Sized so that `run --model minilm-offline` ends within about 15 minutes on 2 CPU cores:
     # three one-epoch trials on 300 reviews pick the parameters, the final model is retrained on
     # 1,500, and both transformer stages are scored on the same 1,000 test reviews at 256
     # tokens, head and tail (0.861 in 8.5 min on an AVX-512 EPYC; bench/results/README.md).
     "cpu": {"trials": 3, "train_size": 300, "final_train_size": 1500, "eval_size": 200,
-            "test_size": 1000, "max_length": 256, "batch_size": 32},
+            "test_size": 1000, "max_length": 256, "batch_size": 32, "frozen_layers": 2},
 }
 # Search ranges put under the config's search_space on each device. On a CPU every trial is
 # one epoch (the budget buys more reviews rather than more passes), and the learning rate

@@ -240,7 +240,8 @@ def final(ctx: Context) -> Run:
     c = ctx.config
     study = tuning.open_study(c, create=False)
     best = _best_trial(study)
-    key = c.fingerprint("data", "model", "study", "test_size", "max_length", "seed")
+    key = c.fingerprint("data", "model", "study", "test_size", "max_length", "seed",
+                        "frozen_layers")
     size = final_size(c)
     key = f"{key}-t{best.number}" + (f"-n{size}" if size else "")
     if (run := _done(ctx, Stage.FINETUNED, key)) is not None:
@@ -318,7 +319,7 @@ def _final_model(ctx: Context, best, trial_dir: str | None, size: int | None) ->
     clf = finetune.fine_tune(transformer.resolve_model(c.model), train.texts, train.labels,
                              [], [], best.params,
                              max_length=c.max_length, output_dir=target / "work", seed=c.seed,
-                             progress=ctx.progress)
+                             progress=ctx.progress, frozen_layers=c.frozen_layers or 0)
     transformer.save_classifier(clf, target)
     shutil.rmtree(target / "work", ignore_errors=True)
     return target

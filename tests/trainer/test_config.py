@@ -87,6 +87,18 @@ def test_fingerprint_changes_only_with_the_named_fields() -> None:
     assert a != Config(seed=2).fingerprint("data", "seed")
 
 
+def test_a_cpu_freezes_the_lowest_layers_and_nothing_frozen_keeps_earlier_fingerprints() -> None:
+    assert Config().sized_for("cpu").frozen_layers == 2
+    assert Config().sized_for("cuda").frozen_layers == 0
+    assert Config(frozen_layers=0).sized_for("cpu").frozen_layers == 0  # the user's value wins
+    names = ("data", "seed", "frozen_layers")
+    # Runs stored before the option trained every layer: their fingerprints still match.
+    assert Config(frozen_layers=0).fingerprint(*names) == Config().fingerprint("data", "seed")
+    assert Config(frozen_layers=2).fingerprint(*names) != Config().fingerprint("data", "seed")
+    with pytest.raises(ConfigError, match="frozen_layers must be a whole number ≥ 0"):
+        Config(frozen_layers=-1)
+
+
 def test_a_cpu_retrains_the_final_model_on_more_reviews_than_the_trials() -> None:
     cpu = Config().sized_for("cpu")
     assert cpu.final_train_size > cpu.train_size  # multi-fidelity: trials small, final larger

@@ -133,6 +133,7 @@ def test_env_is_generated_from_the_field_metadata() -> None:
         "heartbeat": "SENTIMENT_HEARTBEAT", "batch_size": "SENTIMENT_BATCH_SIZE",
         "behaviour": "SENTIMENT_BEHAVIOUR", "trial": "SENTIMENT_AUDIT_TRIAL",
         "lock_timeout": "SENTIMENT_LOCK_TIMEOUT", "final_train_size": "SENTIMENT_FINAL_TRAIN_SIZE",
+        "frozen_layers": "SENTIMENT_FROZEN_LAYERS",
     }
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from trainer.errors import ConfigError, TrainingDiverged
-from trainer.transformer.loop import train_fast
+from trainer.transformer.loop import frozen_lower, train_fast
 from trainer.transformer.model import (
     Classifier,
     default_device,
@@ -29,7 +29,7 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
               max_length: int, output_dir: str | Path, seed: int,
               on_epoch: Callable[[int, np.ndarray], None] | None = None,
               device: str | None = None, progress: bool = False,
-              engine: str = "auto") -> Classifier:
+              engine: str = "auto", frozen_layers: int = 0) -> Classifier:
     """Fine-tune a model for binary sentiment.
 
     Two engines share the same contract and parameter checks (trainer.transformer.params): the
@@ -54,6 +54,8 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
         device: "cuda" or "cpu"; default_device() when None.
         progress: show tqdm bars.
         engine: "auto", "hf" or "fast".
+        frozen_layers: the lowest layers kept as pretrained, the embeddings counted as the
+            first (trainer.transformer.loop.frozen_lower).
 
     Returns:
         The trained classifier in eval mode, with new_head False.
@@ -81,13 +83,14 @@ def fine_tune(model: str, train_texts: Sequence[str], train_labels: Sequence[int
             trained = train_fast(clf.model, clf.tokenizer, train_texts, train_labels, val_texts,
                                  hp, max_length=token_limit(clf, max_length),
                                  seed=seed, on_epoch=on_epoch, device=device, progress=progress,
-                                 positive_index=clf.positive_index)
+                                 positive_index=clf.positive_index, frozen_layers=frozen_layers)
         else:
             trainer = _build_trainer(clf, (train_texts, train_labels), val_texts, hp,
                                      max_length=token_limit(clf, max_length),
                                      output_dir=output_dir, seed=seed, on_epoch=on_epoch,
                                      progress=progress)
-            trainer.train()
+            with frozen_lower(clf.model, frozen_layers):
+                trainer.train()
             trained = trainer.model.eval()
     except BaseException as error:
         # The traceback keeps every frame's locals (model, optimizer) alive: clear them so the

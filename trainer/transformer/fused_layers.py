@@ -5,10 +5,11 @@ replaces.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -177,29 +178,107 @@ def fuse_layers(model: torch.nn.Module, tokenizer: Any) -> None:
     activations otherwise than a whole review's: MiniLM logits moved 0.011 with the last layer
     cut, against 0.076 between int8 and fp32 either way.
     """
-    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
-    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
+    layers = encoder_layers(model)
+    if layers is None:
         return
     original = list(layers)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, len(tokenizer), (2, 29), generator=gen)
-    keep = torch.ones_like(ids, dtype=torch.bool)
-    keep[0, 17:] = False
-    keep = padding_mask(keep, uses_sdpa(model))
-    with torch.inference_mode():
-        want = [model(input_ids=ids).logits, model(input_ids=ids, attention_mask=keep).logits]
     for first_only in (True, False):
         try:
-            for i, layer in enumerate(original):  # outside inference mode: traced later
-                layers[i] = FastLayer(layer, first_only and i == len(original) - 1)
-            with torch.inference_mode():
-                check_logits(model(input_ids=ids).logits, want[0])
-                check_logits(model(input_ids=ids, attention_mask=keep).logits, want[1])
+            with _unchanged_logits(model, tokenizer):
+                for i, layer in enumerate(original):  # outside inference mode: traced later
+                    layers[i] = FastLayer(layer, first_only and i == len(original) - 1)
             return
         except Exception as error:  # noqa: BLE001 - not a BERT-style layer, or other logits
             log.debug("fused layers (first token only: %s) not used: %s", first_only, error)
             for i, layer in enumerate(original):
                 layers[i] = layer
+
+
+def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The model's encoder layers, lowest first (BERT, DeBERTa, RoBERTa...); None if not found."""
+    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
+    return layers if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
+
+
+@contextlib.contextmanager
+def _unchanged_logits(model: torch.nn.Module, tokenizer: Any) -> Iterator[None]:
+    """Raise RuntimeError unless what the block does to the model keeps its fp32 logits, on a
+    review with and one without padding (the model is in eval mode for the check)."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, len(tokenizer), (2, 29), generator=gen)
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    keep[0, 17:] = False
+    device = next(model.parameters()).device
+    ids, keep = ids.to(device), padding_mask(keep, uses_sdpa(model)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            want = [model(input_ids=ids).logits, model(input_ids=ids, attention_mask=keep).logits]
+        yield
+        with torch.inference_mode():
+            check_logits(model(input_ids=ids).logits, want[0])
+            check_logits(model(input_ids=ids, attention_mask=keep).logits, want[1])
+    finally:
+        model.train(was_training)
+
+
+class FirstTokenLayer(torch.nn.Module):
+    """A BERT-style encoder layer, trainable, that outputs the first token ([CLS]) only.
+
+    A sequence classifier reads nothing else of its last layer, so training through this
+    layer computes the same loss and gradients with a fraction of the layer's work: every
+    token's keys and values, one token's query, attention output and feed-forward. It shares
+    the wrapped layer's parameters and applies its dropouts.
+    """
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                *args: Any, **kwargs: Any) -> torch.Tensor:
+        heads, batch = self.layer.attention.self, hidden.shape[0]
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(batch, x.shape[1], -1, heads.attention_head_size).transpose(1, 2)
+
+        first = hidden[:, :1]
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, :, :1]
+        context = torch.nn.functional.scaled_dot_product_attention(
+            split(heads.query(first)), split(heads.key(hidden)), split(heads.value(hidden)),
+            attn_mask=attention_mask, dropout_p=heads.dropout.p if heads.training else 0.0,
+            scale=heads.scaling)
+        attended = self.layer.attention.output(context.transpose(1, 2).reshape(batch, 1, -1),
+                                               first)
+        return self.layer.output(self.layer.intermediate(attended), attended)
+
+
+@contextlib.contextmanager
+def first_token_last_layer(model: torch.nn.Module, tokenizer: Any) -> Iterator[bool]:
+    """Train with the last encoder layer cut to the first token, where the logits stay the same.
+
+    Yields whether the cut is in place (False for a model whose layers are not BERT-style, or
+    whose head reads more than the first token); the original layer is back afterwards.
+    """
+    layers = encoder_layers(model)
+    if layers is None:
+        yield False
+        return
+    last = layers[-1]
+    try:
+        with _unchanged_logits(model, tokenizer):
+            layers[-1] = FirstTokenLayer(last)
+    except Exception as error:  # noqa: BLE001 - not a BERT-style layer, or other logits
+        log.debug("training the whole last layer: %s", error)
+        layers[-1] = last
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        layers[-1] = last
 
 
 def check_logits(got: torch.Tensor, want: torch.Tensor) -> None:

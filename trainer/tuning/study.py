@@ -62,7 +62,8 @@ class TrainModel(Protocol):
 
 def fine_tune_and_save(model: str, train: Split, validation: Split, params: dict[str, Any], *,
                        max_length: int, seed: int, on_epoch: Callable[[int, np.ndarray], None],
-                       work_dir: str, save_to: Path, progress: bool = False) -> Path:
+                       work_dir: str, save_to: Path, progress: bool = False,
+                       frozen_layers: int = 0) -> Path:
     """The default TrainModel: trainer.transformer.finetune.fine_tune, then save the classifier.
 
     Args:
@@ -76,6 +77,7 @@ def fine_tune_and_save(model: str, train: Split, validation: Split, params: dict
         work_dir: the Trainer's working directory.
         save_to: where the trained classifier is saved.
         progress: show the training steps as a bar.
+        frozen_layers: the lowest layers kept as pretrained (config.frozen_layers).
 
     Returns:
         The saved model folder.
@@ -91,7 +93,7 @@ def fine_tune_and_save(model: str, train: Split, validation: Split, params: dict
         clf = finetune.fine_tune(
             transformer.resolve_model(model), train.texts, train.labels, validation.texts,
             validation.labels, params, max_length=max_length, output_dir=work_dir, seed=seed,
-            on_epoch=on_epoch, progress=progress,
+            on_epoch=on_epoch, progress=progress, frozen_layers=frozen_layers,
         )
         return transformer.save_classifier(clf, save_to)
     finally:
@@ -220,7 +222,8 @@ def _optimize(study: optuna.Study, config: Config, train: Split, validation: Spl
         config = config.sized_for(transformer.default_device())
     if train_model is None:
         _check_model(config.model)
-        train_model = functools.partial(fine_tune_and_save, progress=progress)
+        train_model = functools.partial(fine_tune_and_save, progress=progress,
+                                        frozen_layers=config.frozen_layers or 0)
     bar = TrialsBar(n_trials, enabled=progress)
     objective = _Objective(config, train, validation, store, data_source or config.data,
                            train_model, bar)

@@ -110,7 +110,8 @@ class TrialRecord:
 
 
 def _trial_hash(config: Config, params: dict[str, Any]) -> str:
-    base = config.fingerprint("data", "model", "train_size", "eval_size", "max_length", "seed")
+    base = config.fingerprint("data", "model", "train_size", "eval_size", "max_length", "seed",
+                              "frozen_layers")
     blob = json.dumps({"config": base, "params": params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
