@@ -233,7 +233,7 @@ def run_ours(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
 
     from bench import timed
     from trainer.transformer.fast import native_bf16
-    from trainer.transformer.loop import predict_fast, train_fast
+    from trainer.transformer.loop import PAD_MULTIPLE, predict_fast, train_fast
     from trainer.transformer.model import load_classifier
 
     set_seed(args.seed)  # the new head is initialised from the global RNG, as in the peer
@@ -255,8 +255,10 @@ def run_ours(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
         clf.model, clf.tokenizer, test.texts, max_length=args.max_length,
         positive_index=clf.positive_index, device=args.device), args.device)
     accuracy = float(np.mean((probs >= 0.5) == (np.asarray(test.labels) == 1)))
+    kind = "cpu" if args.device == "cpu" else "cuda"
     config = {"epochs": args.epochs, **params, "max_length": args.max_length,
-              "compile": args.compile, "padding": "length buckets of 64",
+              "compile": args.compile,
+              "padding": f"length buckets of {PAD_MULTIPLE[kind]}",
               "frozen_layers": args.frozen_layers,
               "precision": "bf16 autocast" if args.device.startswith("cuda") or native_bf16()
               else "fp32",

@@ -131,6 +131,7 @@ def shortfall_sentence(tuned: Run, baseline_accuracy: float, tuned_accuracy: flo
     fixes = [f for f, needed in (
         (f"train on more reviews with {option}", subset),
         ("keep more tokens with --max-length", tokens is None or tokens < MAX_TOKENS),
+        ("train every layer with --frozen-layers 0", bool(c.get("frozen_layers"))),
         ("train on a GPU", device is None or not str(device).startswith("cuda"))) if needed]
     fixes = fixes or ["tune longer with --trials"]
     return (f"The fine-tuned model scores {tuned_accuracy:.3f} against the TF-IDF baseline's "
@@ -146,14 +147,19 @@ def training_of(config: dict[str, Any]) -> str:
 
     Args:
         config: trained_on (the reviews the model learned from; older runs: train_size, None
-            for the whole train split), max_length, best_params' num_train_epochs, device.
+            for the whole train split), max_length, frozen_layers, best_params'
+            num_train_epochs, device.
     """
     train = config.get("trained_on", config.get("train_size"))
     tokens, device = config.get("max_length"), config.get("device")
     epochs = (config.get("best_params") or {}).get("num_train_epochs")
+    frozen = config.get("frozen_layers") or 0
     return "".join([
         "the whole train split" if train is None else f"{train:,} training reviews",
         " (tokens kept not recorded)" if tokens is None else f" cut to {tokens} tokens",
+        "" if not frozen else " with the embeddings" + (
+            f" and {frozen - 1} encoder layer{'' if frozen == 2 else 's'}" if frozen > 1 else "")
+        + " frozen",
         " for an unrecorded number of epochs" if epochs is None else
         f" for {epochs} epoch{'' if epochs == 1 else 's'}",
         " on a device the run did not record" if device is None else

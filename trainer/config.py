@@ -193,7 +193,8 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     # Sized so that `run --model minilm-offline` ends within about 15 minutes on 2 CPU cores:
     # three one-epoch trials on 300 reviews pick the parameters, the final model is retrained on
     # 1,500, and both transformer stages are scored on the same 1,000 test reviews at 256
-    # tokens, head and tail (0.861 in 8.5 min on an AVX-512 EPYC; bench/results/README.md).
+    # tokens, head and tail, with the embeddings and the lowest layer frozen (0.870 in 5 min on
+    # an AVX-512 EPYC; bench/results/README.md).
     "cpu": {"trials": 3, "train_size": 300, "final_train_size": 1500, "eval_size": 200,
             "test_size": 1000, "max_length": 256, "batch_size": 32, "frozen_layers": 2},
 }

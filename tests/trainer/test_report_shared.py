@@ -80,6 +80,12 @@ def test_shortfall_says_why_from_the_stored_config_and_what_to_change() -> None:
     assert "fine-tuned on 2,000 training reviews cut to 256 tokens for an unrecorded number " \
            "of epochs on the CPU" in sentence
     assert "train on more reviews with --final-train-size, keep more tokens" in sentence
+    frozen = run(3, "finetuned", config={"trained_on": 1500, "max_length": 256, "device": "cpu",
+                                         "frozen_layers": 2})
+    sentence = shortfall_sentence(frozen, 0.9, 0.86, 1000)
+    assert "1,500 training reviews cut to 256 tokens with the embeddings and 1 encoder layer " \
+           "frozen for an unrecorded" in sentence
+    assert "train every layer with --frozen-layers 0" in sentence
     assert shortfall_sentence(cpu, 0.8, 0.8, 200) is None
 
 
