@@ -128,8 +128,8 @@ def test_study_link_opens_its_trial_with_n_and_interval(visitor: pw.Session) -> 
     pw.open_trial_link(visitor, 17)
     text = visitor.main_text()
     assert re.search(r"Trial 17: state \w+ · value [\d.–]+", text)
-    chosen = visitor.page.get_by_role("combobox", name="Trial to inspect", exact=False)
-    assert chosen.input_value().startswith("trial 17")
+    chosen = visitor.page.get_by_role("spinbutton", name="Trial to inspect", exact=False)
+    assert chosen.input_value() == "17"
     assert re.search(r"Best: trial \d+, value 0\.\d{4} on 100 validation reviews, "
                      r"95% interval 0\.\d{3}–0\.\d{3}\.", text), text[:1500]
     assert "?trial=17" in visitor.page.url
