@@ -301,8 +301,9 @@ class UniformDropout(torch.nn.Module):
 def frozen_lower(model: Any, count: int) -> Iterator[None]:
     """Keep the lowest `count` layers as pretrained for a while, counting the embeddings as the
     first: 1 freezes the embeddings (half of MiniLM's weights), 1 + k also the k lowest encoder
-    layers. Their activations are then neither kept nor differentiated, which makes a step of
-    MiniLM on a CPU 2.1x faster with the embeddings and 3 of its 6 layers frozen.
+    layers. Their activations are then neither kept nor differentiated: `bench train` on 2 EPYC
+    cores gave 12.8 samples/s with nothing frozen, 15.6 with the embeddings and 1 of MiniLM's 6
+    layers (accuracy 0.799 and 0.789 on 1,000 reviews); the embeddings and 3 layers: 0.755.
 
     Raises:
         ConfigError: count is negative, leaves no encoder layer to train, or the model's layers
