@@ -193,7 +193,8 @@ def _loss_and_grads(model, ids: torch.Tensor, keep: torch.Tensor) -> tuple[float
     logits = model(input_ids=ids, attention_mask=padding_mask(keep, uses_sdpa(model))).logits
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1]))
     loss.backward()
-    return float(loss), [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    return float(loss.detach()), [None if p.grad is None else p.grad.clone()
+                                  for p in model.parameters()]
 
 
 def test_the_first_token_last_layer_trains_as_the_whole_layer(clf) -> None:
