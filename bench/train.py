@@ -62,9 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args.device = args.device or default_device()
     args.peer_epochs = args.peer_epochs or args.epochs
+    args.kind = "cuda" if args.device.startswith("cuda") else "cpu"
     if args.frozen_layers is None:
-        args.frozen_layers = DEVICE_DEFAULTS["cuda" if args.device.startswith("cuda")
-                                             else "cpu"]["frozen_layers"]
+        args.frozen_layers = DEVICE_DEFAULTS[args.kind]["frozen_layers"]
     data = load_imdb(args.data)
     train = stratified_subset(data.train, args.train_size, args.seed)
     test = stratified_subset(data.test, args.test_size, args.seed)
@@ -255,10 +255,9 @@ def run_ours(model: str, train: Any, test: Any, args: argparse.Namespace) -> dic
         clf.model, clf.tokenizer, test.texts, max_length=args.max_length,
         positive_index=clf.positive_index, device=args.device), args.device)
     accuracy = float(np.mean((probs >= 0.5) == (np.asarray(test.labels) == 1)))
-    kind = "cpu" if args.device == "cpu" else "cuda"
     config = {"epochs": args.epochs, **params, "max_length": args.max_length,
               "compile": args.compile,
-              "padding": f"length buckets of {PAD_MULTIPLE[kind]}",
+              "padding": f"length buckets of {PAD_MULTIPLE[args.kind]}",
               "frozen_layers": args.frozen_layers,
               "precision": "bf16 autocast" if args.device.startswith("cuda") or native_bf16()
               else "fp32",

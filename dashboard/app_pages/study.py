@@ -155,18 +155,18 @@ def show_trial(url: str, name: str, table: pd.DataFrame, direction: str,
         st.info("No trial has finished yet: pick one above to see what it stored.")
         return
     st.query_params[TRIAL_PARAM] = str(number)  # so this view can be linked
-    show_trial_details(url, name, table, direction, number)
+    show_trial_details(url, name, table, number, number == best)
 
 
-def show_trial_details(url: str, name: str, table: pd.DataFrame, direction: str,
-                       number: int) -> None:
+def show_trial_details(url: str, name: str, table: pd.DataFrame, number: int,
+                       is_best: bool) -> None:
     row = table[table["number"] == number].iloc[0]
     reason = f" · {views.escape_markdown(row['fail_reason'])}" if row["fail_reason"] else ""
     value = "–" if pd.isna(row["value"]) else f"{row['value']:.4f}"
     evidence = "" if pd.isna(row["n"]) else \
         f" on {int(row['n']):,} validation reviews (95% interval " \
         f"{sv.interval_text(row['ci_low'], row['ci_high'])})"
-    best = " · the study's best trial" if number == sv.best_number(table, direction) else ""
+    best = " · the study's best trial" if is_best else ""
     st.caption(f"Trial {number}: state {row['state']} · value {value}{evidence} · "
                f"{row['epochs']} epochs{reason}{best} · link: ?{TRIAL_PARAM}={number}")
     run_id = resources.trial_run_ids(url, name).get(number)
